@@ -1,0 +1,73 @@
+# dirtyring: one entry point for the module, the library and every test.
+#
+#   make / make all   build the module, the selftests and libdirtyring
+#   make check        every test tier, ending with "N passed, N failed"
+#   make demo         the main job (see README.md)
+#   make lint         checkpatch --strict and clang-format only
+#   make install      libdirtyring for a VMM (PREFIX, DESTDIR)
+#   make install-module   dirtyring.ko into /lib/modules/$(KVER)/updates
+#   make deps         the Debian packages all of this needs (every target calls it)
+#
+# KVER: the kernel the module is built for and the tests boot; defaults to
+# the one Debian's linux-image-amd64 depends on (not the running kernel).
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD := $(CURDIR)/build
+LINUX_SOURCE := $(BUILD)/linux-source
+# Recursive on purpose: evaluated only in recipes, after `deps` installed
+# the kernel packages it reads.
+kver = $(or $(KVER),$(shell scripts/kver.sh))
+kdir = /lib/modules/$(kver)/build
+cmake_configure = cmake -S userspace -B $(1) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(2) > $(1).configure.log \
+	|| { cat $(1).configure.log; exit 1; }
+
+.PHONY: all deps linux-source module selftests userspace userspace-asan check lint demo \
+	install install-module clean
+
+all: module selftests userspace
+
+deps:
+	@scripts/deps.sh
+
+linux-source: deps
+	@scripts/linux-source.sh $(LINUX_SOURCE)
+
+module: deps
+	$(MAKE) -C $(kdir) M=$(CURDIR)/kmod modules
+
+selftests: linux-source
+	$(MAKE) -C selftests/dirtyring KSFT=$(LINUX_SOURCE) UAPI=$(CURDIR)/include/uapi \
+		OUTPUT=$(BUILD)/selftests
+
+userspace: deps
+	@mkdir -p $(BUILD)
+	@test -f $(BUILD)/cxx/CMakeCache.txt || $(call cmake_configure,$(BUILD)/cxx)
+	cmake --build $(BUILD)/cxx -j$$(nproc)
+
+userspace-asan: deps
+	@mkdir -p $(BUILD)
+	@test -f $(BUILD)/cxx-asan/CMakeCache.txt || \
+		$(call cmake_configure,$(BUILD)/cxx-asan,-DDIRTYRING_SANITIZE=address$(,)undefined)
+	cmake --build $(BUILD)/cxx-asan -j$$(nproc)
+
+check: all userspace-asan
+	@scripts/check.sh
+
+lint: linux-source
+	@scripts/lint.sh $(LINUX_SOURCE) | grep -v '^PASS' || echo "lint: clean"
+
+demo: all
+	selftests/qemu/run --demo --workdir $(BUILD)/demo $$(scripts/guest-tests.sh)
+
+install: userspace
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/cxx --prefix $(PREFIX)
+
+install-module: module
+	$(MAKE) -C $(kdir) M=$(CURDIR)/kmod INSTALL_MOD_PATH=$(DESTDIR) modules_install
+
+clean:
+	-$(MAKE) -C $(kdir) M=$(CURDIR)/kmod clean
+	rm -rf $(BUILD)
+
+, := ,

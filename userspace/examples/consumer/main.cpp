@@ -1,0 +1,15 @@
+// The smallest program that uses libdirtyring: asks the module for its API
+// version, or says why it cannot.
+#include <dirtyring/device.hpp>
+#include <dirtyring/error.hpp>
+#include <iostream>
+
+int main() {
+    try {
+        const auto device = dirtyring::Device::open();
+        std::cout << "consumer: dirtyring API version " << device.api_version() << "\n";
+    } catch (const dirtyring::Error& e) {
+        std::cout << "consumer: library linked, module unavailable: " << e.what() << "\n";
+    }
+    return 0;
+}
