@@ -1,18 +1,138 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dirtyring: the /dev/dirtyring misc device and module entry points.
+ * dirtyring: the /dev/dirtyring misc device, module entry points, the
+ * system-wide limits and the pseudo filesystem that gives each VM's memory
+ * its own inode (so re-protecting one VM's pages never touches another's).
  *
- * Owns the misc device registration.  It holds no state of its own, so it
- * needs no lock: each open file is independent.
+ * dr_vms_lock protects dr_vms (every VM, for the per-process count);
+ * dr_pinned_pages is atomic.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
+#include <linux/mount.h>
+#include <linux/pseudo_fs.h>
+#include <linux/sched.h>
+#include <linux/mm.h>
 #include <linux/dirtyring.h>
 
 #include "compat.h"
+#include "dirtyring.h"
+
+#define DIRTYRING_FS_MAGIC 0x64727267	/* "drrg" */
+
+static unsigned long max_pinned_mb;
+module_param(max_pinned_mb, ulong, 0644);
+MODULE_PARM_DESC(max_pinned_mb,
+		 "Guest memory of all VMs together, in MiB (0: half of RAM)");
+
+static DEFINE_MUTEX(dr_vms_lock);
+static LIST_HEAD(dr_vms);
+static unsigned int dr_vm_count;
+static atomic_long_t dr_pinned_pages = ATOMIC_LONG_INIT(0);
+static struct vfsmount *dr_mnt;
+
+static unsigned long dr_pinned_cap(void)
+{
+	unsigned long mb = READ_ONCE(max_pinned_mb);
+
+	if (!mb)
+		return totalram_pages() / 2;
+	return mb << (20 - PAGE_SHIFT);
+}
+
+int dr_pinned_reserve(unsigned long npages)
+{
+	unsigned long cap = dr_pinned_cap();
+
+	if (atomic_long_add_return(npages, &dr_pinned_pages) > cap) {
+		atomic_long_sub(npages, &dr_pinned_pages);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+void dr_pinned_release(unsigned long npages)
+{
+	atomic_long_sub(npages, &dr_pinned_pages);
+}
+
+int dr_vm_list_add(struct dr_vm *vm)
+{
+	unsigned int mine = 0;
+	struct dr_vm *other;
+	int ret = 0;
+
+	mutex_lock(&dr_vms_lock);
+	list_for_each_entry(other, &dr_vms, node)
+		mine += other->tgid == vm->tgid;
+	if (dr_vm_count >= DIRTYRING_MAX_VMS)
+		ret = -ENOSPC;
+	else if (mine >= DIRTYRING_MAX_VMS_PER_PROCESS)
+		ret = -EMFILE;
+	else {
+		list_add(&vm->node, &dr_vms);
+		dr_vm_count++;
+	}
+	mutex_unlock(&dr_vms_lock);
+	return ret;
+}
+
+void dr_vm_unlist(struct dr_vm *vm)
+{
+	mutex_lock(&dr_vms_lock);
+	list_del(&vm->node);
+	dr_vm_count--;
+	mutex_unlock(&dr_vms_lock);
+}
+
+static int dr_mem_release(struct inode *inode, struct file *file)
+{
+	dr_vm_put(file->private_data);
+	return 0;
+}
+
+static const struct file_operations dr_mem_fops = {
+	.owner = THIS_MODULE,
+	.release = dr_mem_release,
+	.llseek = noop_llseek,
+};
+
+/* The file every mmap of @vm's fd maps; it holds a VM reference. */
+struct file *dr_mem_file_create(struct dr_vm *vm)
+{
+	struct inode *inode;
+	struct file *file;
+
+	inode = alloc_anon_inode(dr_mnt->mnt_sb);
+	if (IS_ERR(inode))
+		return ERR_CAST(inode);
+	/* fput() drops a module reference that alloc_file_pseudo() does not take. */
+	__module_get(THIS_MODULE);
+	file = alloc_file_pseudo(inode, dr_mnt, "dirtyring-mem", O_RDWR,
+				 &dr_mem_fops);
+	if (IS_ERR(file)) {
+		module_put(THIS_MODULE);
+		iput(inode);
+		return file;
+	}
+	dr_vm_get(vm);
+	file->private_data = vm;
+	return file;
+}
+
+static int dr_fs_init_fs_context(struct fs_context *fc)
+{
+	return init_pseudo(fc, DIRTYRING_FS_MAGIC) ? 0 : -ENOMEM;
+}
+
+static struct file_system_type dr_fs_type = {
+	.name = "dirtyring",
+	.init_fs_context = dr_fs_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
 
 static long dirtyring_dev_ioctl(struct file *file, unsigned int cmd,
 				unsigned long arg)
@@ -22,6 +142,10 @@ static long dirtyring_dev_ioctl(struct file *file, unsigned int cmd,
 		if (arg)
 			return -EINVAL;
 		return DIRTYRING_API_VERSION;
+	case DIRTYRING_CREATE_VM:
+		if (arg)
+			return -EINVAL;
+		return dr_vm_create();
 	default:
 		return -ENOTTY;
 	}
@@ -45,9 +169,13 @@ static int __init dirtyring_init(void)
 {
 	int ret;
 
+	dr_mnt = kern_mount(&dr_fs_type);
+	if (IS_ERR(dr_mnt))
+		return PTR_ERR(dr_mnt);
 	ret = misc_register(&dirtyring_dev);
 	if (ret) {
 		pr_err("cannot register /dev/dirtyring: %d\n", ret);
+		kern_unmount(dr_mnt);
 		return ret;
 	}
 	pr_info("API version %d loaded\n", DIRTYRING_API_VERSION);
@@ -57,6 +185,7 @@ static int __init dirtyring_init(void)
 static void __exit dirtyring_exit(void)
 {
 	misc_deregister(&dirtyring_dev);
+	kern_unmount(dr_mnt);
 }
 
 module_init(dirtyring_init);

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dirtyring: objects shared by the module's files, and its locking rules.
+ *
+ * Locks, outermost first:
+ *   dr_vms_lock (dev.c)  the list of VMs, the per-process and system counts
+ *   vm->lock             slot and vCPU creation, ring enabling, bind/unbind
+ *   vm->mmu_lock         reset: clearing logged bits, re-protecting pages,
+ *                        advancing reset indices, draining overflow pages
+ *   page lock            orders one page's logging against its re-protection
+ *   ring->lock           (spinlock) a ring's producer side: push
+ *   vm->waiters_lock     (spinlock) the list of armed ring-full waits
+ *
+ * The fault path takes only a page lock and spinlocks, never vm->mmu_lock,
+ * and never sleeps while holding any of them: a writer that fills its ring
+ * waits later, from task work run on its way back to user mode or into a
+ * guest, holding nothing (wait.c).  So a reset never waits for a writer that
+ * waits for the reset.
+ */
+#ifndef _DIRTYRING_INTERNAL_H
+#define _DIRTYRING_INTERNAL_H
+
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/mm_types.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/wait.h>
+#include <linux/dirtyring.h>
+
+struct dr_vm;
+
+struct dr_ring {
+	spinlock_t lock;
+	struct dirtyring_gfn *entries;	/* vmalloc_user: mmapped by the harvester */
+	u32 size;			/* entries, a power of two */
+	u32 soft_limit;
+	u32 dirty_index;		/* next entry to fill: under lock */
+	u32 reset_index;		/* next entry to reset: under vm->mmu_lock */
+	wait_queue_head_t wq;		/* writers waiting for room */
+	/* statistics: written under lock (waits: atomically) */
+	u64 pushed;
+	u64 soft_full_events;
+	u64 overflows;
+	atomic64_t waits;
+	atomic64_t wait_ns;
+};
+
+struct dr_slot {
+	struct dr_vm *vm;
+	u32 id;
+	unsigned long npages;
+	struct page **pages;
+	unsigned long *logged;		/* page is in a ring (or overflow) this cycle */
+	unsigned long *overflow;	/* logged while its ring was full */
+	atomic_long_t overflow_count;
+};
+
+struct dr_vcpu {
+	struct dr_vm *vm;
+	u32 id;
+	struct task_struct *bound;	/* under vm->lock; read locklessly */
+	struct dr_ring ring;
+};
+
+struct dr_vm {
+	struct kref ref;	/* VM fd, memory file, each vCPU fd, each armed wait */
+	struct list_head node;	/* in dr_vms, under dr_vms_lock */
+	pid_t tgid;		/* creator, for the per-process cap */
+	struct file *mem_file;	/* backs every mmap of the VM fd: its own inode */
+	bool dead;		/* VM fd closed: nobody resets any more */
+
+	struct mutex lock;
+	struct mutex mmu_lock;
+	bool rings_enabled;
+	u32 vcpu_ring_entries;
+	struct dr_ring vm_ring;
+	struct dr_slot *slots[DIRTYRING_MAX_SLOTS];	/* published with release */
+	struct dr_vcpu *vcpus[DIRTYRING_MAX_VCPUS];	/* published with release */
+	unsigned long pinned_pages;
+
+	atomic_long_t overflow_pending;
+	wait_queue_head_t poll_wq;
+
+	spinlock_t waiters_lock;
+	struct list_head waiters;
+};
+
+/* dev.c */
+void dr_pinned_release(unsigned long npages);
+int dr_pinned_reserve(unsigned long npages);
+int dr_vm_list_add(struct dr_vm *vm);
+void dr_vm_unlist(struct dr_vm *vm);
+struct file *dr_mem_file_create(struct dr_vm *vm);
+
+/* vm.c */
+int dr_vm_create(void);
+void dr_vm_get(struct dr_vm *vm);
+void dr_vm_put(struct dr_vm *vm);
+
+/* vcpu.c */
+int dr_vcpu_create(struct dr_vm *vm, unsigned long id);
+void dr_vcpu_free(struct dr_vcpu *vcpu);
+struct dr_ring *dr_ring_of_current(struct dr_vm *vm);
+
+/* ring.c */
+int dr_ring_init(struct dr_ring *ring, u32 entries);
+void dr_ring_free(struct dr_ring *ring);
+bool dr_ring_valid_size(u32 entries);
+int dr_ring_push(struct dr_ring *ring, u32 slot, u64 offset);
+u32 dr_ring_used(struct dr_ring *ring);
+bool dr_ring_soft_full(struct dr_ring *ring);
+int dr_ring_mmap(struct dr_ring *ring, struct vm_area_struct *vma);
+int dr_ring_reset(struct dr_vm *vm, struct dr_ring *ring);
+void dr_ring_status(struct dr_ring *ring, struct dirtyring_ring_status *st);
+
+/* mem.c */
+int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req);
+void dr_slot_free(struct dr_slot *slot);
+int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma);
+void dr_slot_reprotect(struct dr_slot *slot, unsigned long first,
+		       unsigned long count);
+void dr_overflow_drain(struct dr_vm *vm);
+
+/* wait.c */
+void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring);
+
+#endif /* _DIRTYRING_INTERNAL_H */

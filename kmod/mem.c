@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dirtyring: guest memory slots, served by mmap of the VM fd, and the first
+ * write tracking on them.
+ *
+ * A slot owns its pages (allocated when the slot is added) and two bitmaps:
+ * logged (the page was pushed to a ring, or parked as overflow, since its
+ * last re-protection) and overflow (logged while its ring was full).
+ *
+ * Mappings use the VM's memory file (its own inode) and vm_ops with
+ * page_mkwrite, so pages come in read-only and the first write of a cycle
+ * reaches dr_mem_page_mkwrite.  That logs the page with the page locked and
+ * returns VM_FAULT_LOCKED: the page stays locked until its PTE is writable.
+ * Re-protection locks the page, clears its logged bit, unlocks it, then zaps
+ * the PTEs of every mapping (which also invalidates KVM's mappings through
+ * the MMU notifier); the next write faults again.  Clearing under the page
+ * lock before zapping means a write either sees the bit cleared and logs, or
+ * finished making its PTE writable before the zap removes it.
+ */
+#include <linux/mm.h>
+#include <linux/pagemap.h>
+#include <linux/poll.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+
+#include "dirtyring.h"
+
+/* Slot id + 1 is the mmap offset's bits from 40 up (uAPI). */
+#define DR_SLOT_PGOFF_SHIFT (40 - PAGE_SHIFT)
+
+static unsigned long dr_slot_pgoff(u32 id)
+{
+	return DIRTYRING_SLOT_MMAP_OFFSET(id) >> PAGE_SHIFT;
+}
+
+void dr_slot_free(struct dr_slot *slot)
+{
+	unsigned long i;
+
+	if (!slot)
+		return;
+	if (slot->pages) {
+		for (i = 0; i < slot->npages && slot->pages[i]; i++)
+			put_page(slot->pages[i]);
+		kvfree(slot->pages);
+	}
+	kvfree(slot->logged);
+	kvfree(slot->overflow);
+	kfree(slot);
+}
+
+static int dr_slot_alloc_pages(struct dr_slot *slot)
+{
+	unsigned long i;
+
+	for (i = 0; i < slot->npages; i++) {
+		slot->pages[i] = alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO);
+		if (!slot->pages[i])
+			return -ENOMEM;
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		cond_resched();
+	}
+	return 0;
+}
+
+/* Called with vm->lock held. */
+int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req)
+{
+	unsigned long longs;
+	struct dr_slot *slot;
+	int ret;
+
+	lockdep_assert_held(&vm->lock);
+	if (req->flags || req->reserved[0] || req->reserved[1])
+		return -EINVAL;
+	if (req->slot >= DIRTYRING_MAX_SLOTS || !req->npages ||
+	    req->npages > DIRTYRING_MAX_SLOT_PAGES)
+		return -EINVAL;
+	if (vm->slots[req->slot])
+		return -EEXIST;
+	ret = dr_pinned_reserve(req->npages);
+	if (ret)
+		return ret;
+
+	ret = -ENOMEM;
+	slot = kzalloc(sizeof(*slot), GFP_KERNEL_ACCOUNT);
+	if (!slot)
+		goto unreserve;
+	slot->vm = vm;
+	slot->id = req->slot;
+	slot->npages = req->npages;
+	longs = BITS_TO_LONGS(slot->npages);
+	slot->pages = kvcalloc(slot->npages, sizeof(*slot->pages),
+			       GFP_KERNEL_ACCOUNT);
+	slot->logged = kvcalloc(longs, sizeof(long), GFP_KERNEL_ACCOUNT);
+	slot->overflow = kvcalloc(longs, sizeof(long), GFP_KERNEL_ACCOUNT);
+	if (!slot->pages || !slot->logged || !slot->overflow)
+		goto free;
+	ret = dr_slot_alloc_pages(slot);
+	if (ret)
+		goto free;
+
+	vm->pinned_pages += slot->npages;
+	/* Pairs with the acquire in readers that do not hold vm->lock. */
+	smp_store_release(&vm->slots[req->slot], slot);
+	return 0;
+
+free:
+	dr_slot_free(slot);
+unreserve:
+	dr_pinned_release(req->npages);
+	return ret;
+}
+
+static struct dr_slot *dr_vma_slot(struct vm_area_struct *vma)
+{
+	return vma->vm_private_data;
+}
+
+static unsigned long dr_vma_index(struct vm_fault *vmf)
+{
+	struct dr_slot *slot = dr_vma_slot(vmf->vma);
+
+	return vmf->pgoff - dr_slot_pgoff(slot->id);
+}
+
+static vm_fault_t dr_mem_fault(struct vm_fault *vmf)
+{
+	struct dr_slot *slot = dr_vma_slot(vmf->vma);
+	unsigned long index = dr_vma_index(vmf);
+
+	if (index >= slot->npages)
+		return VM_FAULT_SIGBUS;
+	vmf->page = slot->pages[index];
+	get_page(vmf->page);
+	return 0;
+}
+
+/* Parks a page whose ring is full; the next reset pushes it to the VM ring. */
+static void dr_overflow_park(struct dr_slot *slot, unsigned long index)
+{
+	struct dr_vm *vm = slot->vm;
+
+	if (!test_and_set_bit(index, slot->overflow)) {
+		atomic_long_inc(&slot->overflow_count);
+		atomic_long_inc(&vm->overflow_pending);
+	}
+	wake_up_interruptible_poll(&vm->poll_wq, EPOLLIN | EPOLLPRI);
+}
+
+static vm_fault_t dr_mem_page_mkwrite(struct vm_fault *vmf)
+{
+	struct dr_slot *slot = dr_vma_slot(vmf->vma);
+	unsigned long index = dr_vma_index(vmf);
+	struct page *page = vmf->page;
+	struct dr_vm *vm = slot->vm;
+	struct dr_ring *ring;
+	int ret;
+
+	lock_page(page);
+	if (test_and_set_bit(index, slot->logged))
+		return VM_FAULT_LOCKED;	/* logged already this cycle */
+
+	ring = dr_ring_of_current(vm);
+	ret = dr_ring_push(ring, slot->id, index);
+	if (ret < 0) {
+		dr_overflow_park(slot, index);
+		ret = 1;
+	} else if (dr_ring_used(ring) == 1 || ret) {
+		/* Became harvestable, or reached its soft limit. */
+		wake_up_interruptible_poll(&vm->poll_wq,
+					   ret ? EPOLLIN | EPOLLPRI : EPOLLIN);
+	}
+	if (ret)
+		dr_wait_arm(vm, ring);
+	return VM_FAULT_LOCKED;
+}
+
+static const struct vm_operations_struct dr_mem_vm_ops = {
+	.fault = dr_mem_fault,
+	.page_mkwrite = dr_mem_page_mkwrite,
+};
+
+/* mmap of a slot.  Called with vm->lock held. */
+int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma)
+{
+	unsigned long id, first, npages = vma_pages(vma);
+	struct dr_slot *slot;
+
+	lockdep_assert_held(&vm->lock);
+	id = (vma->vm_pgoff >> DR_SLOT_PGOFF_SHIFT) - 1;
+	if (id >= DIRTYRING_MAX_SLOTS)
+		return -EINVAL;
+	slot = vm->slots[id];
+	if (!slot)
+		return -EINVAL;
+	first = vma->vm_pgoff - dr_slot_pgoff(id);
+	if (first >= slot->npages || npages > slot->npages - first)
+		return -EINVAL;
+	/* A private mapping would copy on write: its writes bypass us. */
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+
+	vma->vm_flags |= VM_DONTEXPAND;
+	vma->vm_private_data = slot;
+	vma->vm_ops = &dr_mem_vm_ops;
+	return 0;
+}
+
+/*
+ * Makes pages [first, first + count) of @slot trackable again.  Called with
+ * vm->mmu_lock held; sleeps on page locks and the mapping's i_mmap lock.
+ */
+void dr_slot_reprotect(struct dr_slot *slot, unsigned long first,
+		       unsigned long count)
+{
+	struct address_space *mapping = slot->vm->mem_file->f_mapping;
+	unsigned long i;
+
+	lockdep_assert_held(&slot->vm->mmu_lock);
+	for (i = first; i < first + count; i++) {
+		struct page *page = slot->pages[i];
+
+		lock_page(page);
+		clear_bit(i, slot->logged);
+		unlock_page(page);
+	}
+	unmap_mapping_range(mapping,
+			    (loff_t)(dr_slot_pgoff(slot->id) + first) << PAGE_SHIFT,
+			    (loff_t)count << PAGE_SHIFT, 0);
+}
+
+/*
+ * Pushes parked overflow pages to the VM ring while it has room below its
+ * soft limit.  Called with vm->mmu_lock held, after the rings were reset.
+ */
+void dr_overflow_drain(struct dr_vm *vm)
+{
+	struct dr_ring *ring = &vm->vm_ring;
+	unsigned long index;
+	u32 id;
+
+	lockdep_assert_held(&vm->mmu_lock);
+	for (id = 0; id < DIRTYRING_MAX_SLOTS; id++) {
+		struct dr_slot *slot = smp_load_acquire(&vm->slots[id]);
+
+		if (!slot || !atomic_long_read(&slot->overflow_count))
+			continue;
+		for_each_set_bit(index, slot->overflow, slot->npages) {
+			if (dr_ring_soft_full(ring))
+				return;
+			if (!test_and_clear_bit(index, slot->overflow))
+				continue;
+			if (dr_ring_push(ring, id, index) < 0) {
+				set_bit(index, slot->overflow);
+				return;
+			}
+			atomic_long_dec(&slot->overflow_count);
+			atomic_long_dec(&vm->overflow_pending);
+			cond_resched();
+		}
+	}
+}
