@@ -19,7 +19,7 @@
 #include <linux/dirtyring.h>
 
 #include "compat.h"
-#include "dirtyring.h"
+#include "internal.h"
 
 #define DIRTYRING_FS_MAGIC 0x64727267	/* "drrg" */
 
@@ -68,11 +68,11 @@ int dr_vm_list_add(struct dr_vm *vm)
 	mutex_lock(&dr_vms_lock);
 	list_for_each_entry(other, &dr_vms, node)
 		mine += other->tgid == vm->tgid;
-	if (dr_vm_count >= DIRTYRING_MAX_VMS)
+	if (dr_vm_count >= DIRTYRING_MAX_VMS) {
 		ret = -ENOSPC;
-	else if (mine >= DIRTYRING_MAX_VMS_PER_PROCESS)
+	} else if (mine >= DIRTYRING_MAX_VMS_PER_PROCESS) {
 		ret = -EMFILE;
-	else {
+	} else {
 		list_add(&vm->node, &dr_vms);
 		dr_vm_count++;
 	}

@@ -23,7 +23,7 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 
-#include "dirtyring.h"
+#include "internal.h"
 
 /* Slot id + 1 is the mmap offset's bits from 40 up (uAPI). */
 #define DR_SLOT_PGOFF_SHIFT (40 - PAGE_SHIFT)
@@ -102,7 +102,7 @@ int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req)
 		goto free;
 
 	vm->pinned_pages += slot->npages;
-	/* Pairs with the acquire in readers that do not hold vm->lock. */
+	/* Pairs with dr_vm_slot(): the slot is complete when seen. */
 	smp_store_release(&vm->slots[req->slot], slot);
 	return 0;
 
@@ -243,7 +243,7 @@ void dr_overflow_drain(struct dr_vm *vm)
 
 	lockdep_assert_held(&vm->mmu_lock);
 	for (id = 0; id < DIRTYRING_MAX_SLOTS; id++) {
-		struct dr_slot *slot = smp_load_acquire(&vm->slots[id]);
+		struct dr_slot *slot = dr_vm_slot(vm, id);
 
 		if (!slot || !atomic_long_read(&slot->overflow_count))
 			continue;

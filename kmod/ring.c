@@ -13,7 +13,7 @@
 #include <linux/sched/signal.h>
 #include <linux/vmalloc.h>
 
-#include "dirtyring.h"
+#include "internal.h"
 
 /* One harvester serves KVM and this module: the entries must be identical. */
 static_assert(sizeof(struct dirtyring_gfn) == sizeof(struct kvm_dirty_gfn));
@@ -55,8 +55,10 @@ void dr_ring_free(struct dr_ring *ring)
 
 u32 dr_ring_used(struct dr_ring *ring)
 {
-	return READ_ONCE(ring->dirty_index) -
-	       smp_load_acquire(&ring->reset_index);
+	u32 dirty = READ_ONCE(ring->dirty_index);
+
+	/* Pairs with the release in dr_ring_reset. */
+	return dirty - smp_load_acquire(&ring->reset_index);
 }
 
 bool dr_ring_soft_full(struct dr_ring *ring)
@@ -134,7 +136,7 @@ static void dr_run_add(struct dr_vm *vm, struct dr_run *run, u32 slot_id,
 	/* The harvester can write anything into an entry: trust nothing. */
 	if (slot_id >= DIRTYRING_MAX_SLOTS)
 		return;
-	slot = smp_load_acquire(&vm->slots[slot_id]);
+	slot = dr_vm_slot(vm, slot_id);
 	if (!slot || offset >= slot->npages)
 		return;
 	run->slot = slot;
@@ -160,6 +162,7 @@ int dr_ring_reset(struct dr_vm *vm, struct dr_ring *ring)
 		struct dirtyring_gfn *entry =
 			&ring->entries[index & (ring->size - 1)];
 
+		/* Pairs with the harvester's release store of RESET. */
 		if (!(smp_load_acquire(&entry->flags) & DIRTYRING_GFN_F_RESET))
 			break;
 		dr_run_add(vm, &run, READ_ONCE(entry->slot),

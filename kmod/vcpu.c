@@ -15,7 +15,7 @@
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
-#include "dirtyring.h"
+#include "internal.h"
 
 /* The ring the current thread's writes go to: its vCPU's, or the VM's. */
 struct dr_ring *dr_ring_of_current(struct dr_vm *vm)
@@ -23,7 +23,7 @@ struct dr_ring *dr_ring_of_current(struct dr_vm *vm)
 	int i;
 
 	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++) {
-		struct dr_vcpu *vcpu = smp_load_acquire(&vm->vcpus[i]);
+		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
 
 		if (vcpu && READ_ONCE(vcpu->bound) == current)
 			return &vcpu->ring;
@@ -156,6 +156,7 @@ int dr_vcpu_create(struct dr_vm *vm, unsigned long id)
 		ret = fd;
 		goto free;
 	}
+	/* Pairs with dr_vm_vcpu(): the vCPU is complete when seen. */
 	smp_store_release(&vm->vcpus[id], vcpu);
 	return fd;
 

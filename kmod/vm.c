@@ -22,7 +22,7 @@
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
-#include "dirtyring.h"
+#include "internal.h"
 
 void dr_vm_get(struct dr_vm *vm)
 {
@@ -72,7 +72,7 @@ static int dr_vm_enable_rings(struct dr_vm *vm, void __user *argp)
 	if (ret)
 		goto out;
 	vm->vcpu_ring_entries = req.vcpu_ring_entries;
-	/* Lockless readers (poll) see the ring initialized once this is set. */
+	/* Pairs with the acquire in poll: the ring is initialized once set. */
 	smp_store_release(&vm->rings_enabled, true);
 out:
 	mutex_unlock(&vm->lock);
@@ -106,7 +106,7 @@ static long dr_vm_reset(struct dr_vm *vm)
 
 	mutex_lock(&vm->mmu_lock);
 	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++) {
-		struct dr_vcpu *vcpu = smp_load_acquire(&vm->vcpus[i]);
+		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
 
 		if (vcpu)
 			count += dr_ring_reset(vm, &vcpu->ring);
@@ -187,7 +187,7 @@ static bool dr_vm_soft_full(struct dr_vm *vm, bool *any)
 	soft = *any && (atomic_long_read(&vm->overflow_pending) ||
 			dr_ring_soft_full(&vm->vm_ring));
 	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++) {
-		struct dr_vcpu *vcpu = smp_load_acquire(&vm->vcpus[i]);
+		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
 
 		if (!vcpu || !dr_ring_used(&vcpu->ring))
 			continue;
@@ -204,7 +204,7 @@ static __poll_t dr_vm_poll(struct file *file, poll_table *wait)
 	bool any;
 
 	poll_wait(file, &vm->poll_wq, wait);
-	/* Pairs with ENABLE_RINGS under vm->lock: rings exist once seen set. */
+	/* Pairs with the release in ENABLE_RINGS: rings exist once set. */
 	if (!smp_load_acquire(&vm->rings_enabled))
 		return 0;
 	if (dr_vm_soft_full(vm, &any))

@@ -23,7 +23,7 @@
 #include <linux/slab.h>
 #include <linux/task_work.h>
 
-#include "dirtyring.h"
+#include "internal.h"
 
 struct dr_waiter {
 	struct callback_head work;

@@ -15,6 +15,7 @@
 #ifndef _UAPI_LINUX_DIRTYRING_H
 #define _UAPI_LINUX_DIRTYRING_H
 
+#include <linux/const.h>
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
@@ -38,7 +39,7 @@
 #define DIRTYRING_MAX_VMS		256
 #define DIRTYRING_MAX_VCPUS		64
 #define DIRTYRING_MAX_SLOTS		32
-#define DIRTYRING_MAX_SLOT_PAGES	(1ULL << 28)	/* 1 TiB of 4 KiB pages */
+#define DIRTYRING_MAX_SLOT_PAGES	_BITULL(28)	/* 1 TiB of 4 KiB pages */
 #define DIRTYRING_RING_MIN_ENTRIES	128
 #define DIRTYRING_RING_MAX_ENTRIES	65536		/* as KVM's */
 /*
@@ -61,8 +62,8 @@ struct dirtyring_gfn {
 	__u64 offset;
 };
 
-#define DIRTYRING_GFN_F_DIRTY	(1U << 0)
-#define DIRTYRING_GFN_F_RESET	(1U << 1)
+#define DIRTYRING_GFN_F_DIRTY	_BITUL(0)
+#define DIRTYRING_GFN_F_RESET	_BITUL(1)
 #define DIRTYRING_GFN_F_MASK	0x3U
 
 /* Where mmap of the VM fd finds a slot's memory and the per-VM ring. */
@@ -101,8 +102,8 @@ struct dirtyring_ring_status {
 	__u64 reserved[3];	/* 0 */
 };
 
-#define DIRTYRING_RING_F_SOFT_FULL	(1U << 0)
-#define DIRTYRING_RING_F_BOUND		(1U << 1)	/* vCPU: a thread is bound */
+#define DIRTYRING_RING_F_SOFT_FULL	_BITUL(0)
+#define DIRTYRING_RING_F_BOUND		_BITUL(1)	/* vCPU: a thread is bound */
 
 /*
  * A page whose writer finds its ring completely full (the reserve used up,

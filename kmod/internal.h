@@ -32,7 +32,7 @@
 struct dr_vm;
 
 struct dr_ring {
-	spinlock_t lock;
+	spinlock_t lock;		/* producer side: see above */
 	struct dirtyring_gfn *entries;	/* vmalloc_user: mmapped by the harvester */
 	u32 size;			/* entries, a power of two */
 	u32 soft_limit;
@@ -71,8 +71,8 @@ struct dr_vm {
 	struct file *mem_file;	/* backs every mmap of the VM fd: its own inode */
 	bool dead;		/* VM fd closed: nobody resets any more */
 
-	struct mutex lock;
-	struct mutex mmu_lock;
+	struct mutex lock;	/* configuration: see above */
+	struct mutex mmu_lock;	/* resets: see above */
 	bool rings_enabled;
 	u32 vcpu_ring_entries;
 	struct dr_ring vm_ring;
@@ -83,9 +83,25 @@ struct dr_vm {
 	atomic_long_t overflow_pending;
 	wait_queue_head_t poll_wq;
 
-	spinlock_t waiters_lock;
+	spinlock_t waiters_lock;	/* protects waiters */
 	struct list_head waiters;
 };
+
+/*
+ * Slots and vCPUs are published once, with release, and live as long as the
+ * VM: readers that do not hold vm->lock load them with acquire.
+ */
+static inline struct dr_slot *dr_vm_slot(struct dr_vm *vm, u32 id)
+{
+	/* Pairs with the release in dr_slot_add(). */
+	return smp_load_acquire(&vm->slots[id]);
+}
+
+static inline struct dr_vcpu *dr_vm_vcpu(struct dr_vm *vm, u32 id)
+{
+	/* Pairs with the release in dr_vcpu_create(). */
+	return smp_load_acquire(&vm->vcpus[id]);
+}
 
 /* dev.c */
 void dr_pinned_release(unsigned long npages);
