@@ -58,7 +58,7 @@ lint: linux-source
 	@scripts/lint.sh $(LINUX_SOURCE) | grep -v '^PASS' || echo "lint: clean"
 
 demo: all
-	selftests/qemu/run --demo --workdir $(BUILD)/demo $$(scripts/guest-tests.sh)
+	selftests/qemu/run --demo --with-kvm --workdir $(BUILD)/demo $$(scripts/guest-tests.sh)
 
 install: userspace
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/cxx --prefix $(PREFIX)
