@@ -52,6 +52,7 @@ tier lint scripts/lint.sh build/linux-source
 tier cxx ctest_tier build/cxx cxx
 tier cxx-asan ctest_tier build/cxx-asan cxx-asan
 tier install userspace/tests/install_test.sh "$top" build/cxx
+tier model selftests/model/run build/model
 tier qemu qemu_tier
 
 echo
