@@ -3,6 +3,7 @@
 #   make / make all   build the module, the selftests and libdirtyring
 #   make check        every test tier, ending with "N passed, N failed"
 #   make demo         the main job (see README.md)
+#   make bench        benchmarks, as ratios against baselines of the same run
 #   make lint         checkpatch --strict and clang-format only
 #   make install      libdirtyring for a VMM (PREFIX, DESTDIR)
 #   make install-module   dirtyring.ko into /lib/modules/$(KVER)/updates
@@ -23,7 +24,7 @@ cmake_configure = cmake -S userspace -B $(1) -DCMAKE_BUILD_TYPE=RelWithDebInfo $
 	|| { cat $(1).configure.log; exit 1; }
 
 .PHONY: all deps linux-source module selftests userspace userspace-asan check lint demo \
-	install install-module clean
+	bench install install-module clean
 
 all: module selftests userspace
 
@@ -59,6 +60,9 @@ lint: linux-source
 
 demo: all
 	selftests/qemu/run --demo --with-kvm --workdir $(BUILD)/demo $$(scripts/guest-tests.sh)
+
+bench: all
+	@scripts/bench.sh
 
 install: userspace
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/cxx --prefix $(PREFIX)

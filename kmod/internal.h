@@ -135,8 +135,8 @@ void dr_ring_status(struct dr_ring *ring, struct dirtyring_ring_status *st);
 int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req);
 void dr_slot_free(struct dr_slot *slot);
 int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma);
-void dr_slot_reprotect(struct dr_slot *slot, unsigned long first,
-		       unsigned long count);
+void dr_slot_reprotect(struct dr_slot *slot, unsigned long base,
+		       unsigned long mask);
 void dr_overflow_drain(struct dr_vm *vm);
 
 /* wait.c */

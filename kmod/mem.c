@@ -209,26 +209,29 @@ int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma)
 }
 
 /*
- * Makes pages [first, first + count) of @slot trackable again.  Called with
- * vm->mmu_lock held; sleeps on page locks and the mapping's i_mmap lock.
+ * Makes pages base + n, for each bit n of @mask, trackable again.  The zap
+ * covers the whole span, other pages included: that is harmless, as a page
+ * that is not being reset only faults once more, and either is clean (it
+ * logs as it should) or is still logged (it does not log again).  Called
+ * with vm->mmu_lock held; sleeps on page locks and the i_mmap lock.
  */
-void dr_slot_reprotect(struct dr_slot *slot, unsigned long first,
-		       unsigned long count)
+void dr_slot_reprotect(struct dr_slot *slot, unsigned long base,
+		       unsigned long mask)
 {
 	struct address_space *mapping = slot->vm->mem_file->f_mapping;
-	unsigned long i;
+	unsigned long n;
 
 	lockdep_assert_held(&slot->vm->mmu_lock);
-	for (i = first; i < first + count; i++) {
-		struct page *page = slot->pages[i];
+	for_each_set_bit(n, &mask, BITS_PER_LONG) {
+		struct page *page = slot->pages[base + n];
 
 		lock_page(page);
-		clear_bit(i, slot->logged);
+		clear_bit(base + n, slot->logged);
 		unlock_page(page);
 	}
 	unmap_mapping_range(mapping,
-			    (loff_t)(dr_slot_pgoff(slot->id) + first) << PAGE_SHIFT,
-			    (loff_t)count << PAGE_SHIFT, 0);
+			    (loff_t)(dr_slot_pgoff(slot->id) + base) << PAGE_SHIFT,
+			    (loff_t)(__fls(mask) + 1) << PAGE_SHIFT, 0);
 }
 
 /*

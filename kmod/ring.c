@@ -108,40 +108,55 @@ int dr_ring_mmap(struct dr_ring *ring, struct vm_area_struct *vma)
 	return remap_vmalloc_range(vma, ring->entries, 0);
 }
 
-/* A run of neighbouring pages of one slot, re-protected in one go. */
+/*
+ * Neighbouring entries of one slot, re-protected in one go, as KVM's reset
+ * does: pages base + n for each bit n of mask.  Entries coalesce while they
+ * fall within BITS_PER_LONG pages, in either direction.
+ */
 struct dr_run {
 	struct dr_slot *slot;
-	u64 first;
-	u64 count;
+	u64 base;
+	unsigned long mask;
 };
 
 static void dr_run_flush(struct dr_run *run)
 {
-	if (run->count)
-		dr_slot_reprotect(run->slot, run->first, run->count);
-	run->count = 0;
+	if (run->mask)
+		dr_slot_reprotect(run->slot, run->base, run->mask);
+	run->mask = 0;
 }
 
 static void dr_run_add(struct dr_vm *vm, struct dr_run *run, u32 slot_id,
 		       u64 offset)
 {
 	struct dr_slot *slot;
+	s64 delta;
 
-	if (run->count && run->slot->id == slot_id &&
-	    offset == run->first + run->count) {
-		run->count++;
-		return;
-	}
-	dr_run_flush(run);
 	/* The harvester can write anything into an entry: trust nothing. */
 	if (slot_id >= DIRTYRING_MAX_SLOTS)
 		return;
 	slot = dr_vm_slot(vm, slot_id);
 	if (!slot || offset >= slot->npages)
 		return;
+
+	if (run->mask && run->slot == slot) {
+		delta = offset - run->base;
+		if (delta >= 0 && delta < BITS_PER_LONG) {
+			run->mask |= 1UL << delta;
+			return;
+		}
+		/* Before base: shift the window if no set bit falls off. */
+		if (delta < 0 && delta > -BITS_PER_LONG &&
+		    __fls(run->mask) < BITS_PER_LONG + delta) {
+			run->mask = (run->mask << -delta) | 1;
+			run->base = offset;
+			return;
+		}
+	}
+	dr_run_flush(run);
 	run->slot = slot;
-	run->first = offset;
-	run->count = 1;
+	run->base = offset;
+	run->mask = 1;
 }
 
 /*
