@@ -23,7 +23,7 @@ kdir = /lib/modules/$(kver)/build
 cmake_configure = cmake -S userspace -B $(1) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(2) > $(1).configure.log \
 	|| { cat $(1).configure.log; exit 1; }
 
-.PHONY: all deps linux-source module selftests userspace userspace-asan check lint demo \
+.PHONY: all deps linux-source module selftests userspace userspace-asan userspace-tsan check lint demo \
 	bench install install-module clean
 
 all: module selftests userspace
@@ -52,7 +52,13 @@ userspace-asan: deps
 		$(call cmake_configure,$(BUILD)/cxx-asan,-DDIRTYRING_SANITIZE=address$(,)undefined)
 	cmake --build $(BUILD)/cxx-asan -j$$(nproc)
 
-check: all userspace-asan
+userspace-tsan: deps
+	@mkdir -p $(BUILD)
+	@test -f $(BUILD)/cxx-tsan/CMakeCache.txt || \
+		$(call cmake_configure,$(BUILD)/cxx-tsan,-DDIRTYRING_SANITIZE=thread)
+	cmake --build $(BUILD)/cxx-tsan -j$$(nproc)
+
+check: all userspace-asan userspace-tsan
 	@scripts/check.sh
 
 lint: linux-source

@@ -51,6 +51,7 @@ qemu_tier() {
 tier lint scripts/lint.sh build/linux-source
 tier cxx ctest_tier build/cxx cxx
 tier cxx-asan ctest_tier build/cxx-asan cxx-asan
+tier cxx-tsan ctest_tier build/cxx-tsan cxx-tsan
 tier install userspace/tests/install_test.sh "$top" build/cxx
 tier model selftests/model/run build/model
 tier qemu qemu_tier
