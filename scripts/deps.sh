@@ -12,7 +12,7 @@ packages=(
 	qemu-system-x86 busybox-static cpio
 	# user space
 	cmake pkgconf libgtest-dev libgmock-dev libbenchmark-dev liburcu-dev
-	libnl-3-dev libnl-genl-3-dev python3
+	libnl-3-dev libnl-genl-3-dev libxxhash-dev nlohmann-json3-dev python3
 	# lint and model checks
 	clang-format spin
 )

@@ -98,7 +98,7 @@ KvmGuest::KvmGuest(const Options& options) : memory_bytes_(options.memory_bytes)
                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, "guest memory");
         memory_ = own_memory_.as<std::uint8_t>();
     }
-    std::memcpy(memory_, kProgram.data(), kProgram.size());
+    if (options.load_program) std::memcpy(memory_, kProgram.data(), kProgram.size());
 
     if (options.ring_entries) KvmDirtyRings::enable(kvm_.get(), vm_.get(), options.ring_entries);
     kvm_userspace_memory_region region{};
@@ -133,7 +133,7 @@ KvmGuest::KvmGuest(const Options& options) : memory_bytes_(options.memory_bytes)
         if (::ioctl(vcpu.fd.get(), KVM_SET_REGS, &regs)) throw_errno("KVM_SET_REGS");
         fds.push_back(vcpu.fd.get());
         vcpus_.push_back(std::move(vcpu));
-        set_program(i, GuestProgram{0, kFirstDataPage, 1, 1});
+        if (options.load_program) set_program(i, GuestProgram{0, kFirstDataPage, 1, 1});
     }
     if (options.ring_entries)
         rings_ = std::make_unique<KvmDirtyRings>(vm_.get(), fds, options.ring_entries);
@@ -220,6 +220,33 @@ std::uint32_t KvmGuest::next_value(unsigned vcpu) {
     kvm_regs regs{};
     if (::ioctl(vcpus_.at(vcpu).fd.get(), KVM_GET_REGS, &regs)) throw_errno("KVM_GET_REGS");
     return static_cast<std::uint32_t>(regs.rax);
+}
+
+namespace {
+struct SavedVcpu {
+    kvm_regs regs;
+    kvm_sregs sregs;
+};
+}  // namespace
+
+std::vector<std::byte> KvmGuest::save_vcpu(unsigned vcpu) {
+    SavedVcpu saved{};
+    const int fd = vcpus_.at(vcpu).fd.get();
+    if (::ioctl(fd, KVM_GET_REGS, &saved.regs)) throw_errno("KVM_GET_REGS");
+    if (::ioctl(fd, KVM_GET_SREGS, &saved.sregs)) throw_errno("KVM_GET_SREGS");
+    const auto* p = reinterpret_cast<const std::byte*>(&saved);
+    return {p, p + sizeof(saved)};
+}
+
+void KvmGuest::restore_vcpu(unsigned vcpu, std::span<const std::byte> state) {
+    SavedVcpu saved{};
+    if (state.size() != sizeof(saved))
+        throw Error(EINVAL, "KvmGuest: vCPU state of " + std::to_string(state.size()) +
+                                " bytes, expected " + std::to_string(sizeof(saved)));
+    std::memcpy(&saved, state.data(), sizeof(saved));
+    const int fd = vcpus_.at(vcpu).fd.get();
+    if (::ioctl(fd, KVM_SET_SREGS, &saved.sregs)) throw_errno("KVM_SET_SREGS");
+    if (::ioctl(fd, KVM_SET_REGS, &saved.regs)) throw_errno("KVM_SET_REGS");
 }
 
 KvmDirtyRings& KvmGuest::dirty_rings() {

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,10 @@ public:
         // Guest RAM provided by the caller (module memory, userfaultfd-registered
         // memory), at least memory_bytes; nullptr: the guest maps its own.
         void* memory = nullptr;
+        // False when `memory` already holds a guest (it was migrated): the
+        // program and mailboxes are not written, and the vCPUs start only
+        // once restore_vcpu() gave them their state.
+        bool load_program = true;
     };
 
     enum class Exit { Batch, Pass, RingFull };
@@ -83,6 +88,12 @@ public:
 
     // The counter value the vCPU will write next (its eax).
     std::uint32_t next_value(unsigned vcpu);
+
+    // The vCPU's architectural state (registers and segments) as an opaque
+    // blob for a migration stream, and its restoration on another guest
+    // running the same program.  Call between run()s of that vCPU.
+    std::vector<std::byte> save_vcpu(unsigned vcpu);
+    void restore_vcpu(unsigned vcpu, std::span<const std::byte> state);
 
     std::uint8_t* memory() const noexcept { return memory_; }
     std::uint64_t memory_bytes() const noexcept { return memory_bytes_; }

@@ -1,0 +1,113 @@
+// A migration connection: one connected stream socket (unix or TCP), used in
+// both directions, with buffered blocking reads and writes and an optional
+// bandwidth limit on what is written.
+//
+// Thread-safety: one thread may write while another reads (the migration
+// stream and its return path share the socket); writers serialize among
+// themselves, and so do readers.  shutdown() may be called from any thread
+// and wakes a thread blocked in either direction.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dirtyring/unique_fd.hpp"
+
+namespace dirtyring {
+
+// "unix:/path/to/socket" or "tcp:HOST:PORT" (HOST a numeric IPv4 or IPv6
+// address, e.g. tcp:127.0.0.1:4444 or tcp:[::1]:4444).  Throws Error(EINVAL)
+// for anything else.
+struct ChannelAddress {
+    enum class Kind { Unix, Tcp };
+    Kind kind;
+    std::string path_or_host;
+    std::uint16_t port = 0;
+
+    static ChannelAddress parse(const std::string& text);
+    std::string to_string() const;
+};
+
+class Channel;
+
+// A listening socket; accept() returns Channels.
+class Listener {
+public:
+    // Binds and listens; EADDRINUSE (an address in use) is reported as such.
+    explicit Listener(const ChannelAddress& address);
+    // Adopts an already listening socket (e.g. inherited across fork).
+    explicit Listener(UniqueFd fd) : fd_(std::move(fd)) {}
+    ~Listener();
+    Listener(Listener&&) = default;
+    Listener& operator=(Listener&&) = default;
+
+    // Waits at most `timeout` for one connection; ETIMEDOUT otherwise.
+    Channel accept(std::chrono::milliseconds timeout);
+    int fd() const noexcept { return fd_.get(); }
+
+private:
+    UniqueFd fd_;
+    std::string unlink_path_;  // the unix socket file this listener created
+};
+
+class Channel {
+public:
+    explicit Channel(UniqueFd fd);
+    // Connects, retrying while the peer is not listening yet, for at most
+    // `timeout`.
+    static Channel connect(const ChannelAddress& address, std::chrono::milliseconds timeout);
+
+    Channel(Channel&& other) noexcept;
+    Channel& operator=(Channel&&) = delete;
+    Channel(const Channel&) = delete;
+    Channel& operator=(const Channel&) = delete;
+    ~Channel() = default;
+
+    // Bytes per second written at most, averaged over the connection's life
+    // from the call on; 0: unlimited.
+    void set_bandwidth_limit(std::uint64_t bytes_per_second);
+
+    // Buffered; blocks while the socket is full.  Throws Error: EPIPE or
+    // ECONNRESET when the peer is gone.
+    void write(std::span<const std::byte> bytes);
+    void flush();
+    // write() then flush(), in one lock: for records that must not wait.
+    void write_now(std::span<const std::byte> bytes);
+
+    // Fills `out` completely; throws Error(ECONNRESET, "... closed ...") at
+    // end of stream, naming how many bytes were missing.
+    void read(std::span<std::byte> out);
+    // Waits at most `timeout` for something to read; false on timeout.
+    bool wait_readable(std::chrono::milliseconds timeout);
+
+    // Ends both directions: a blocked reader or writer returns with an error.
+    void shutdown() noexcept;
+
+    std::uint64_t bytes_written() const noexcept;
+    std::uint64_t bytes_read() const noexcept { return bytes_read_; }
+
+private:
+    void flush_locked();
+    void throttle_locked(std::size_t bytes);
+
+    UniqueFd fd_;
+    mutable std::mutex write_mutex_;
+    std::vector<std::byte> write_buffer_;
+    std::uint64_t bytes_written_ = 0;
+    std::uint64_t limit_ = 0;
+    std::uint64_t limited_bytes_ = 0;
+    std::chrono::steady_clock::time_point limit_start_{};
+
+    std::mutex read_mutex_;
+    std::vector<std::byte> read_buffer_;
+    std::size_t read_begin_ = 0;
+    std::size_t read_end_ = 0;
+    std::uint64_t bytes_read_ = 0;
+};
+
+}  // namespace dirtyring

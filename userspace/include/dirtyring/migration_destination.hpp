@@ -1,0 +1,66 @@
+// The destination side of a live migration: receives the stream into
+// ordinary anonymous memory, checks every page's hash and the digest of the
+// whole memory against the source's, then restores the vCPUs and starts the
+// guest (built by the caller's factory, of the kind the stream names).
+//
+// run() is called by one thread; it returns once the guest runs here and the
+// source was told (Done), or throws Error: EPROTO for a stream it does not
+// understand, ECANCELED when the source cancelled, ECONNRESET when the
+// connection ended early, EIO when the memory does not match.  On error the
+// received memory is discarded and the source is told why (Failed) when the
+// connection still works.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "dirtyring/channel.hpp"
+#include "dirtyring/mapping.hpp"
+#include "dirtyring/migratable_guest.hpp"
+
+namespace dirtyring {
+
+struct DestinationReport {
+    std::string mode = "precopy";
+    unsigned rounds = 0;
+    std::uint64_t pages_received = 0;  // page records, zero pages included
+    std::uint64_t zero_pages = 0;
+    std::uint64_t bytes_received = 0;
+    std::uint64_t digest = 0;
+    std::chrono::nanoseconds total_time{0};
+};
+
+class MigrationDestination {
+public:
+    using GuestFactory = std::function<std::unique_ptr<MigratableGuest>(
+        std::uint32_t kind, std::byte* memory, std::uint64_t pages, unsigned vcpus)>;
+
+    struct Limits {
+        std::uint64_t max_pages = 1ULL << 24;  // 64 GiB
+        unsigned max_vcpus = 64;
+    };
+
+    MigrationDestination(Channel& channel, GuestFactory factory, Limits limits);
+    MigrationDestination(Channel& channel, GuestFactory factory)
+        : MigrationDestination(channel, std::move(factory), Limits{}) {}
+    ~MigrationDestination();
+
+    DestinationReport run();
+
+    // The migrated guest, running; only after run() returned.
+    MigratableGuest& guest() { return *guest_; }
+
+private:
+    DestinationReport receive();
+
+    Channel& channel_;
+    GuestFactory factory_;
+    Limits limits_;
+    Mapping memory_;
+    std::unique_ptr<MigratableGuest> guest_;
+};
+
+}  // namespace dirtyring

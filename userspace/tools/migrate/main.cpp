@@ -1,0 +1,476 @@
+// dirtyring-migrate: live-migrates a running guest between two processes.
+//
+//   dirtyring-migrate [OPTIONS]                 source and destination, forked
+//   dirtyring-migrate source --connect ADDR [OPTIONS]
+//   dirtyring-migrate dest --listen ADDR [OPTIONS]
+//
+// The source runs the guest and a migration thread (MigrationSource); its
+// main thread only waits for the migration or for SIGINT/SIGTERM, which
+// cancel it.  The destination (MigrationDestination) receives, verifies and
+// starts the guest, lets it run, and shows that it continued.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dirtyring/channel.hpp"
+#include "dirtyring/error.hpp"
+#include "dirtyring/kvm_guest.hpp"
+#include "dirtyring/migration_destination.hpp"
+#include "dirtyring/migration_source.hpp"
+#include "kvm_workload.hpp"
+
+namespace {
+
+using dirtyring::Channel;
+using dirtyring::ChannelAddress;
+using dirtyring::Error;
+using dirtyring::Listener;
+using dirtyring::migrate::KvmWorkload;
+using dirtyring::migrate::WorkloadConfig;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitCancelled = 130;
+constexpr auto kConnectTimeout = 30s;
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct Args {
+    std::string mode = "run";  // run, source, dest
+    std::string backend = "auto";
+    std::string address;
+    unsigned vcpus = 2;
+    std::uint64_t memory_mib = 64;
+    std::uint64_t working_set_mib = 16;
+    std::uint64_t dirty_rate = 20000;  // pages/s
+    std::uint64_t bandwidth_mib = 256;
+    std::uint64_t downtime_ms = 50;
+    unsigned max_rounds = 30;
+    bool postcopy = false;
+    std::string json_path;
+    std::uint64_t run_after_ms = 500;
+    std::string json_internal;  // run mode: where the forked destination writes its report
+};
+
+const char* kUsage =
+    "usage: dirtyring-migrate [source|dest] [options]\n"
+    "  (no mode)            fork a destination and migrate to it\n"
+    "  source               run the guest and migrate it to --connect ADDR\n"
+    "  dest                 receive a guest on --listen ADDR and run it\n"
+    "options:\n"
+    "  --backend kvm|module|auto  what runs the source guest (default auto: kvm\n"
+    "                       when /dev/kvm works)\n"
+    "  --connect ADDR, --listen ADDR, --address ADDR\n"
+    "                       unix:PATH or tcp:HOST:PORT (default for a forked run:\n"
+    "                       a unix socket in /tmp)\n"
+    "  --vcpus N            vCPUs (1..64, default 2)\n"
+    "  --memory MIB         guest memory (default 64)\n"
+    "  --working-set MIB    memory the guest keeps rewriting (default 16)\n"
+    "  --dirty-rate N       page writes per second, all vCPUs (default 20000; 0: flat out)\n"
+    "  --bandwidth MIB      bandwidth limit in MiB/s (default 256; 0: none)\n"
+    "  --downtime-limit MS  switch over when the expected downtime is under it (default 50)\n"
+    "  --max-rounds N       precopy rounds before postcopy (default 30)\n"
+    "  --postcopy           switch to postcopy after the first round\n"
+    "  --run-after MS       how long the destination runs the guest before it reports\n"
+    "                       (default 500)\n"
+    "  --json FILE          write the final report as JSON to FILE ('-': stdout)\n";
+
+std::uint64_t number(const std::string& option, const std::string& text, std::uint64_t min,
+                     std::uint64_t max) {
+    std::uint64_t value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size())
+        throw UsageError(option + ": '" + text + "' is not a number");
+    if (value < min || value > max)
+        throw UsageError(option + ": " + text + " is out of range (" + std::to_string(min) + ".." +
+                         std::to_string(max) + ")");
+    return value;
+}
+
+Args parse(int argc, char** argv) {
+    Args a;
+    int i = 1;
+    if (i < argc && (std::strcmp(argv[i], "source") == 0 || std::strcmp(argv[i], "dest") == 0))
+        a.mode = argv[i++];
+    for (; i < argc; ++i) {
+        const std::string opt = argv[i];
+        if (opt == "--postcopy") {
+            a.postcopy = true;
+            continue;
+        }
+        if (opt == "-h" || opt == "--help") throw UsageError("");
+        if (i + 1 >= argc) throw UsageError(opt + ": needs a value, or is unknown");
+        const std::string v = argv[++i];
+        if (opt == "--backend") {
+            if (v != "kvm" && v != "module" && v != "auto")
+                throw UsageError("--backend: unknown backend '" + v + "' (kvm, module, auto)");
+            a.backend = v;
+        } else if (opt == "--connect" || opt == "--listen" || opt == "--address") {
+            a.address = v;
+        } else if (opt == "--vcpus") {
+            a.vcpus = static_cast<unsigned>(number(opt, v, 1, dirtyring::KvmGuest::kMaxVcpus));
+        } else if (opt == "--memory") {
+            a.memory_mib = number(opt, v, 1, 4096);
+        } else if (opt == "--working-set") {
+            a.working_set_mib = number(opt, v, 1, 4096);
+        } else if (opt == "--dirty-rate") {
+            a.dirty_rate = number(opt, v, 0, 100'000'000);
+        } else if (opt == "--bandwidth") {
+            a.bandwidth_mib = number(opt, v, 0, 1'000'000);
+        } else if (opt == "--downtime-limit") {
+            a.downtime_ms = number(opt, v, 1, 3'600'000);
+        } else if (opt == "--max-rounds") {
+            a.max_rounds = static_cast<unsigned>(number(opt, v, 1, 10'000));
+        } else if (opt == "--run-after") {
+            a.run_after_ms = number(opt, v, 0, 3'600'000);
+        } else if (opt == "--json") {
+            a.json_path = v;
+        } else if (opt == "--json-internal") {
+            a.json_internal = v;
+        } else {
+            throw UsageError("unknown option " + opt);
+        }
+    }
+    if (a.working_set_mib >= a.memory_mib)
+        throw UsageError("--working-set " + std::to_string(a.working_set_mib) +
+                         " MiB must be less than --memory " + std::to_string(a.memory_mib) +
+                         " MiB");
+    if (a.mode != "run" && a.address.empty())
+        throw UsageError(a.mode + " needs " + (a.mode == "source" ? "--connect" : "--listen") +
+                         " ADDR");
+    if (!a.address.empty()) {
+        try {
+            ChannelAddress::parse(a.address);
+        } catch (const Error& e) {
+            throw UsageError(e.what());
+        }
+    }
+    return a;
+}
+
+WorkloadConfig workload_config(const Args& a) {
+    WorkloadConfig c;
+    c.vcpus = a.vcpus;
+    c.memory_bytes = a.memory_mib << 20;
+    c.working_set_pages = (a.working_set_mib << 20) / dirtyring::KvmGuest::kPageSize;
+    c.dirty_rate = a.dirty_rate;
+    return c;
+}
+
+// The backend the source guest runs on.
+std::string choose_backend(const Args& a) {
+    const auto kvm_missing = dirtyring::KvmGuest::unavailable_reason();
+    if (a.backend == "kvm" && kvm_missing) throw Error(ENODEV, "--backend kvm: " + *kvm_missing);
+    if (a.backend == "module")
+        throw Error(ENOTSUP, "--backend module: not available in this build yet");
+    if (a.backend == "auto" && kvm_missing)
+        throw Error(ENODEV, "no backend: KVM is unusable (" + *kvm_missing +
+                                ") and the module backend is not available in this build yet");
+    return "kvm";
+}
+
+std::string mib(double bytes) {
+    std::ostringstream s;
+    s.precision(1);
+    s << std::fixed << bytes / (1 << 20) << " MiB";
+    return s.str();
+}
+
+double ms(std::chrono::nanoseconds ns) {
+    return static_cast<double>(ns.count()) / 1e6;
+}
+
+void write_json(const std::string& path, const json& j) {
+    if (path.empty()) return;
+    if (path == "-") {
+        std::cout << j.dump(2) << "\n";
+        return;
+    }
+    std::ofstream out(path);
+    out << j.dump(2) << "\n";
+    if (!out) throw Error(EIO, "cannot write the JSON report to " + path);
+}
+
+// Blocks SIGINT and SIGTERM in every thread created from here on: the main
+// thread takes them with sigtimedwait().
+sigset_t block_cancel_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    return set;
+}
+
+int source_main(const Args& a, std::optional<Listener> own_listener) {
+    const sigset_t signals = block_cancel_signals();
+    const std::string backend = choose_backend(a);
+    auto guest = KvmWorkload::source(workload_config(a));
+    guest->start();
+    Channel channel = Channel::connect(ChannelAddress::parse(a.address), kConnectTimeout);
+    own_listener.reset();  // connected: the socket file is not needed any more
+
+    dirtyring::MigrationOptions options;
+    options.bandwidth_limit = a.bandwidth_mib << 20;
+    options.downtime_limit = std::chrono::milliseconds(a.downtime_ms);
+    options.max_rounds = a.max_rounds;
+    options.postcopy = a.postcopy;
+    json rounds = json::array();
+    std::cout << "source: " << backend << " guest, " << a.vcpus << " vCPUs, "
+              << mib(static_cast<double>(a.memory_mib << 20)) << ", rewriting "
+              << mib(static_cast<double>(a.working_set_mib << 20)) << " at " << a.dirty_rate
+              << " pages/s; migrating to " << a.address << std::endl;
+    dirtyring::MigrationSource source(
+        *guest, channel, options, [&](const dirtyring::RoundProgress& p) {
+            std::printf(
+                "round %2u: sent %6llu pages, dirtied %6llu (%7.0f pages/s), remaining %s, "
+                "bandwidth %s/s, expected downtime %.1f ms\n",
+                p.round, static_cast<unsigned long long>(p.pages_sent),
+                static_cast<unsigned long long>(p.dirty_pages), p.dirty_rate,
+                mib(static_cast<double>(p.pending_bytes)).c_str(), mib(p.bandwidth).c_str(),
+                ms(p.expected_downtime));
+            std::fflush(stdout);
+            rounds.push_back({{"round", p.round},
+                              {"pages_sent", p.pages_sent},
+                              {"dirty_pages", p.dirty_pages},
+                              {"dirty_rate_pages_per_s", p.dirty_rate},
+                              {"bandwidth_bytes_per_s", p.bandwidth},
+                              {"pending_bytes", p.pending_bytes},
+                              {"expected_downtime_ms", ms(p.expected_downtime)}});
+        });
+
+    std::optional<dirtyring::SourceReport> report;
+    std::exception_ptr failure;
+    std::atomic<bool> finished{false};
+    std::jthread migration_thread([&] {
+        try {
+            report = source.run();
+        } catch (...) {
+            failure = std::current_exception();
+        }
+        finished.store(true);
+    });
+    bool cancelled = false;
+    while (!finished.load()) {
+        const timespec tick{0, 50'000'000};
+        const int sig = sigtimedwait(&signals, nullptr, &tick);
+        if (sig == SIGINT || sig == SIGTERM) {
+            if (!cancelled) std::cout << "source: cancelling the migration" << std::endl;
+            cancelled = true;
+            source.cancel();
+        }
+    }
+    migration_thread.join();
+
+    if (failure) {
+        int code = kExitFailed;
+        try {
+            std::rethrow_exception(failure);
+        } catch (const Error& e) {
+            std::cout << "source: migration failed: " << e.what() << std::endl;
+            if (e.errnum() == ECANCELED) code = kExitCancelled;
+        }
+        // Show that the guest runs on, unharmed.
+        std::vector<std::uint64_t> before(guest->vcpus());
+        for (unsigned i = 0; i < guest->vcpus(); ++i) before[i] = guest->progress(i);
+        std::this_thread::sleep_for(200ms);
+        bool running = guest->failure() == nullptr;
+        for (unsigned i = 0; i < guest->vcpus(); ++i) running &= guest->progress(i) > before[i];
+        std::cout << "source: the guest " << (running ? "keeps running" : "is NOT running")
+                  << " on the source" << std::endl;
+        write_json(a.json_path, json{{"source",
+                                      {{"error", failure ? "failed" : ""},
+                                       {"guest_running", running},
+                                       {"rounds", rounds}}}});
+        return running ? code : kExitFailed;
+    }
+
+    const auto& r = *report;
+    std::printf(
+        "source: %s migration complete in %.1f ms after %u round(s)%s\n"
+        "source: downtime %.1f ms (expected %.1f ms, limit %llu ms)\n"
+        "source: sent %llu pages (%llu zero pages), %s\n",
+        r.mode.c_str(), ms(r.total_time), r.rounds,
+        r.mode == "precopy" && !r.converged ? " (did not converge: forced switch-over)" : "",
+        ms(r.downtime), ms(r.expected_downtime), static_cast<unsigned long long>(a.downtime_ms),
+        static_cast<unsigned long long>(r.pages_sent),
+        static_cast<unsigned long long>(r.zero_pages),
+        mib(static_cast<double>(r.bytes_sent)).c_str());
+    if (r.mode == "postcopy")
+        std::printf("source: answered %llu page requests from the destination\n",
+                    static_cast<unsigned long long>(r.postcopy_requests));
+    std::fflush(stdout);
+    json j = {{"mode", r.mode},
+              {"converged", r.converged},
+              {"rounds", r.rounds},
+              {"total_time_ms", ms(r.total_time)},
+              {"downtime_ms", ms(r.downtime)},
+              {"expected_downtime_ms", ms(r.expected_downtime)},
+              {"downtime_limit_ms", a.downtime_ms},
+              {"pages_sent", r.pages_sent},
+              {"zero_pages", r.zero_pages},
+              {"bytes_sent", r.bytes_sent},
+              {"postcopy_requests", r.postcopy_requests},
+              {"memory_digest", r.digest},
+              {"round_progress", rounds}};
+    if (a.mode == "run") {
+        // The forked destination wrote its half.
+        json both = {{"source", j}};
+        if (!a.json_internal.empty()) {
+            std::ifstream in(a.json_internal);
+            if (in) both["destination"] = json::parse(in, nullptr, false);
+        }
+        write_json(a.json_path, both);
+    } else {
+        write_json(a.json_path, json{{"source", j}});
+    }
+    return 0;
+}
+
+int dest_main(const Args& a, Listener listener) {
+    Channel channel = listener.accept(std::chrono::milliseconds(60s));
+    const WorkloadConfig config = workload_config(a);
+    KvmWorkload* kvm = nullptr;
+    dirtyring::MigrationDestination destination(
+        channel,
+        [&](std::uint32_t kind, std::byte* memory, std::uint64_t pages,
+            unsigned vcpus) -> std::unique_ptr<dirtyring::MigratableGuest> {
+            if (kind != dirtyring::migrate::kGuestKvm)
+                throw Error(EPROTO, "the stream carries a guest of kind " + std::to_string(kind) +
+                                        ", which this destination cannot run");
+            auto guest = KvmWorkload::destination(config, memory, pages, vcpus);
+            kvm = guest.get();
+            return guest;
+        });
+    dirtyring::DestinationReport r;
+    try {
+        r = destination.run();
+    } catch (const Error& e) {
+        std::cout << "destination: migration failed: " << e.what()
+                  << "; the received copy is discarded" << std::endl;
+        if (!a.json_internal.empty()) write_json(a.json_internal, json{{"error", e.what()}});
+        return e.errnum() == ECANCELED ? kExitCancelled : kExitFailed;
+    }
+    std::printf(
+        "destination: received %llu pages (%llu zero pages), %s, in %u round(s); memory "
+        "digest %016llx verified\n",
+        static_cast<unsigned long long>(r.pages_received),
+        static_cast<unsigned long long>(r.zero_pages),
+        mib(static_cast<double>(r.bytes_received)).c_str(), r.rounds,
+        static_cast<unsigned long long>(r.digest));
+    std::this_thread::sleep_for(std::chrono::milliseconds(a.run_after_ms));
+    auto& guest = destination.guest();
+    guest.stop();
+    if (auto e = guest.failure()) std::rethrow_exception(e);
+    json vcpus = json::array();
+    bool continued = true;
+    for (unsigned i = 0; i < guest.vcpus(); ++i) {
+        const std::uint32_t from = kvm->restored_value(i);
+        const std::uint32_t to = kvm->next_value(i);
+        continued &= to > from;
+        std::printf("destination: vCPU %u continues: counter %u -> %u (%u writes here)\n", i, from,
+                    to, to - from);
+        vcpus.push_back({{"vcpu", i}, {"counter_at_switchover", from}, {"counter_now", to}});
+    }
+    std::fflush(stdout);
+    json j = {{"mode", r.mode},
+              {"rounds", r.rounds},
+              {"pages_received", r.pages_received},
+              {"zero_pages", r.zero_pages},
+              {"bytes_received", r.bytes_received},
+              {"memory_digest", r.digest},
+              {"memory_verified", true},
+              {"guest_continued", continued},
+              {"vcpus", vcpus}};
+    write_json(a.json_internal.empty() ? a.json_path : a.json_internal,
+               a.json_internal.empty() ? json{{"destination", j}} : j);
+    if (!continued) {
+        std::cout << "destination: the guest did not run after the migration" << std::endl;
+        return kExitFailed;
+    }
+    return 0;
+}
+
+int run_main(Args a) {
+    if (a.address.empty())
+        a.address = "unix:/tmp/dirtyring-migrate." + std::to_string(::getpid()) + ".sock";
+    char json_tmp[] = "/tmp/dirtyring-migrate-dest.XXXXXX";
+    const int tmp_fd = ::mkstemp(json_tmp);
+    if (tmp_fd < 0) dirtyring::throw_errno("mkstemp");
+    ::close(tmp_fd);
+    a.json_internal = json_tmp;
+    // Bound before the fork: an address in use is reported here, and the
+    // source never connects before the destination listens.
+    Listener listener(ChannelAddress::parse(a.address));
+    std::cout.flush();
+    const pid_t child = ::fork();
+    if (child < 0) dirtyring::throw_errno("fork");
+    if (child == 0) {
+        int code = kExitFailed;
+        try {
+            code = dest_main(a, std::move(listener));
+        } catch (const std::exception& e) {
+            std::cout << "destination: " << e.what() << std::endl;
+        }
+        std::cout.flush();
+        ::_exit(code);
+    }
+    int code = kExitFailed;
+    try {
+        code = source_main(a, std::move(listener));
+    } catch (const std::exception& e) {
+        std::cout << "source: " << e.what() << std::endl;
+        ::kill(child, SIGTERM);
+    }
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    ::unlink(json_tmp);
+    const int dest_code = WIFEXITED(status) ? WEXITSTATUS(status) : kExitFailed;
+    return code != 0 ? code : dest_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Args args;
+    try {
+        args = parse(argc, argv);
+    } catch (const UsageError& e) {
+        if (*e.what()) std::cerr << "dirtyring-migrate: " << e.what() << "\n";
+        std::cerr << kUsage;
+        return *e.what() ? kExitUsage : 0;
+    }
+    try {
+        if (args.mode == "source") return source_main(args, std::nullopt);
+        if (args.mode == "dest") {
+            Listener listener(ChannelAddress::parse(args.address));
+            return dest_main(args, std::move(listener));
+        }
+        return run_main(args);
+    } catch (const Error& e) {
+        std::cerr << "dirtyring-migrate: " << e.what() << "\n";
+        // Setup errors a user caused (an address in use, no backend) are usage errors.
+        return e.errnum() == EADDRINUSE || e.errnum() == ENODEV || e.errnum() == EINVAL
+                   ? kExitUsage
+                   : kExitFailed;
+    }
+}
