@@ -144,13 +144,17 @@ void StreamWriter::header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_
 }
 
 std::uint64_t StreamWriter::page(std::uint64_t index, const std::byte* data) {
-    if (is_zero_page(data)) {
+    // The guest may be writing this page right now (precopy): hash and send
+    // one snapshot of it, so that the hash matches what is sent.  A page
+    // written meanwhile is dirty again and is sent once more later.
+    std::memcpy(snapshot_.data(), data, kStreamPageSize);
+    if (is_zero_page(snapshot_.data())) {
         ++zero_pages_;
         record(RecordType::ZeroPage, Payload().put(index).bytes(), false);
         return zero_page_hash();
     }
     ++data_pages_;
-    const std::uint64_t hash = page_hash(data);
+    const std::uint64_t hash = page_hash(snapshot_.data());
     struct {
         std::uint64_t index;
         std::uint64_t hash;
@@ -159,7 +163,7 @@ std::uint64_t StreamWriter::page(std::uint64_t index, const std::byte* data) {
                          static_cast<std::uint32_t>(sizeof(head) + kStreamPageSize)};
     channel_.write(std::as_bytes(std::span(&h, 1)));
     channel_.write(std::as_bytes(std::span(&head, 1)));
-    channel_.write(std::span(data, kStreamPageSize));
+    channel_.write(snapshot_);
     return hash;
 }
 

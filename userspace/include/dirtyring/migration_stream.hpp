@@ -90,10 +90,11 @@ private:
 
 class StreamWriter {
 public:
-    explicit StreamWriter(Channel& channel) : channel_(channel) {}
+    explicit StreamWriter(Channel& channel) : channel_(channel), snapshot_(kStreamPageSize) {}
 
     void header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest);
-    // Sends the page as a ZeroPage when it is all zeros; returns its hash.
+    // Sends the page as a ZeroPage when it is all zeros; returns the hash of
+    // what was sent (the page may change under a running guest).
     std::uint64_t page(std::uint64_t index, const std::byte* data);
     void round_end(std::uint32_t round, std::uint64_t pages);
     void vcpu_state(std::uint32_t vcpu, std::span<const std::byte> state);
@@ -113,6 +114,7 @@ private:
     void record(RecordType type, std::span<const std::byte> payload, bool now);
 
     Channel& channel_;
+    std::vector<std::byte> snapshot_;
     std::uint64_t zero_pages_ = 0;
     std::uint64_t data_pages_ = 0;
 };

@@ -220,7 +220,7 @@ sigset_t block_cancel_signals() {
     return set;
 }
 
-int source_main(const Args& a, std::optional<Listener> own_listener) {
+int source_main(const Args& a, std::optional<Listener> own_listener, json* report_out = nullptr) {
     const sigset_t signals = block_cancel_signals();
     const std::string backend = choose_backend(a);
     auto guest = KvmWorkload::source(workload_config(a));
@@ -282,12 +282,15 @@ int source_main(const Args& a, std::optional<Listener> own_listener) {
 
     if (failure) {
         int code = kExitFailed;
+        std::string what;
         try {
             std::rethrow_exception(failure);
-        } catch (const Error& e) {
-            std::cout << "source: migration failed: " << e.what() << std::endl;
-            if (e.errnum() == ECANCELED) code = kExitCancelled;
+        } catch (const std::exception& e) {
+            what = e.what();
+            if (const auto* err = dynamic_cast<const Error*>(&e); err && err->errnum() == ECANCELED)
+                code = kExitCancelled;
         }
+        std::cout << "source: migration failed: " << what << std::endl;
         // Show that the guest runs on, unharmed.
         std::vector<std::uint64_t> before(guest->vcpus());
         for (unsigned i = 0; i < guest->vcpus(); ++i) before[i] = guest->progress(i);
@@ -296,10 +299,9 @@ int source_main(const Args& a, std::optional<Listener> own_listener) {
         for (unsigned i = 0; i < guest->vcpus(); ++i) running &= guest->progress(i) > before[i];
         std::cout << "source: the guest " << (running ? "keeps running" : "is NOT running")
                   << " on the source" << std::endl;
-        write_json(a.json_path, json{{"source",
-                                      {{"error", failure ? "failed" : ""},
-                                       {"guest_running", running},
-                                       {"rounds", rounds}}}});
+        const json j = {{"error", what}, {"guest_running", running}, {"round_progress", rounds}};
+        if (a.mode != "run") write_json(a.json_path, json{{"source", j}});
+        if (report_out) *report_out = j;
         return running ? code : kExitFailed;
     }
 
@@ -331,17 +333,9 @@ int source_main(const Args& a, std::optional<Listener> own_listener) {
               {"postcopy_requests", r.postcopy_requests},
               {"memory_digest", r.digest},
               {"round_progress", rounds}};
-    if (a.mode == "run") {
-        // The forked destination wrote its half.
-        json both = {{"source", j}};
-        if (!a.json_internal.empty()) {
-            std::ifstream in(a.json_internal);
-            if (in) both["destination"] = json::parse(in, nullptr, false);
-        }
-        write_json(a.json_path, both);
-    } else {
-        write_json(a.json_path, json{{"source", j}});
-    }
+    // In a forked run, run_main() adds the destination's half once it ended.
+    if (a.mode != "run") write_json(a.json_path, json{{"source", j}});
+    if (report_out) *report_out = j;
     return 0;
 }
 
@@ -434,16 +428,23 @@ int run_main(Args a) {
         ::_exit(code);
     }
     int code = kExitFailed;
+    json source_report;
     try {
-        code = source_main(a, std::move(listener));
+        code = source_main(a, std::move(listener), &source_report);
     } catch (const std::exception& e) {
         std::cout << "source: " << e.what() << std::endl;
+        source_report = {{"error", e.what()}};
         ::kill(child, SIGTERM);
     }
     int status = 0;
     while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
     }
+    json both = {{"source", source_report}};
+    std::ifstream in(json_tmp);
+    const json dest_report = json::parse(in, nullptr, false);
+    both["destination"] = dest_report.is_discarded() ? json{{"error", "no report"}} : dest_report;
     ::unlink(json_tmp);
+    write_json(a.json_path, both);
     const int dest_code = WIFEXITED(status) ? WEXITSTATUS(status) : kExitFailed;
     return code != 0 ? code : dest_code;
 }

@@ -1,0 +1,156 @@
+// dirtyring-migrate as a user runs it: bad arguments give a usage error,
+// a default migration succeeds and reports as JSON, and killing either
+// process ends the other with a clear error.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "dirtyring/kvm_guest.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct ToolRun {
+    int code;
+    std::string output;
+};
+
+// Runs the tool with `args` (a shell word list), output and errors together.
+ToolRun run_tool(const std::string& args) {
+    const std::string cmd = std::string(DIRTYRING_MIGRATE) + " " + args + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return {-1, "popen failed"};
+    std::string out;
+    std::array<char, 4096> buf{};
+    while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+struct BadArgs {
+    const char* name;
+    const char* args;
+    const char* says;
+};
+
+class MigrateToolRejects : public testing::TestWithParam<BadArgs> {};
+
+TEST_P(MigrateToolRejects, WithAUsageError) {
+    const ToolRun r = run_tool(GetParam().args);
+    EXPECT_EQ(2, r.code) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find(GetParam().says)) << r.output;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, MigrateToolRejects,
+    testing::Values(BadArgs{"unknown_backend", "--backend xen", "unknown backend 'xen'"},
+                    BadArgs{"zero_memory", "--memory 0", "--memory: 0 is out of range"},
+                    BadArgs{"too_many_vcpus", "--vcpus 65", "--vcpus: 65 is out of range"},
+                    BadArgs{"not_a_number", "--vcpus two", "'two' is not a number"},
+                    BadArgs{"unknown_option", "--turbo 1", "unknown option --turbo"},
+                    BadArgs{"missing_value", "--vcpus", "needs a value"},
+                    BadArgs{"working_set_too_big", "--memory 8 --working-set 8",
+                            "must be less than --memory"},
+                    BadArgs{"bad_address", "dest --listen udp:1", "unknown kind"},
+                    BadArgs{"source_without_address", "source", "needs --connect"}),
+    [](const auto& p) { return std::string(p.param.name); });
+
+TEST(MigrateTool, AddressInUseIsAUsageError) {
+    const std::string path = "/tmp/dirtyring-migrate-test." + std::to_string(::getpid());
+    const pid_t dest = ::fork();
+    if (dest == 0) {
+        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "dest", "--listen", ("unix:" + path).c_str(),
+                nullptr);
+        ::_exit(127);
+    }
+    for (int i = 0; i < 100 && ::access(path.c_str(), F_OK); ++i) std::this_thread::sleep_for(20ms);
+    const ToolRun r = run_tool("--address unix:" + path);
+    ::kill(dest, SIGKILL);
+    ::waitpid(dest, nullptr, 0);
+    ::unlink(path.c_str());
+    EXPECT_EQ(2, r.code) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("address in use")) << r.output;
+}
+
+TEST(MigrateTool, DefaultMigrationSucceedsAndReportsJson) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const std::string json_path =
+        "/tmp/dirtyring-migrate-test." + std::to_string(::getpid()) + ".json";
+    const ToolRun r = run_tool("--memory 32 --working-set 8 --json " + json_path);
+    ASSERT_EQ(0, r.code) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("round  1:")) << r.output;
+    std::ifstream in(json_path);
+    const auto j = nlohmann::json::parse(in, nullptr, false);
+    ::unlink(json_path.c_str());
+    ASSERT_FALSE(j.is_discarded());
+    EXPECT_EQ("precopy", j["source"]["mode"]);
+    EXPECT_EQ(j["source"]["memory_digest"], j["destination"]["memory_digest"]);
+    EXPECT_EQ(true, j["destination"]["memory_verified"]);
+    EXPECT_EQ(true, j["destination"]["guest_continued"]);
+    EXPECT_GT(j["source"]["downtime_ms"].get<double>(), 0.0);
+}
+
+// Starts `dest` and `source` as two commands; kills one mid-precopy.
+ToolRun kill_one(bool kill_source) {
+    const std::string addr = "unix:/tmp/dirtyring-migrate-kill." + std::to_string(::getpid());
+    // Never converges, never switches to postcopy: precopy until killed.
+    const std::string slow = " --bandwidth 4 --memory 64 --downtime-limit 1 --max-rounds 10000";
+    int pipefd[2];
+    if (::pipe(pipefd)) return {-1, "pipe"};
+    const auto spawn = [&](const std::string& args) {
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+            ::dup2(pipefd[1], 1);
+            ::dup2(pipefd[1], 2);
+            ::execl("/bin/sh", "sh", "-c",
+                    ("exec " + std::string(DIRTYRING_MIGRATE) + " " + args).c_str(), nullptr);
+            ::_exit(127);
+        }
+        return pid;
+    };
+    const pid_t dest = spawn("dest --listen " + addr + slow);
+    std::this_thread::sleep_for(200ms);
+    const pid_t source = spawn("source --connect " + addr + slow);
+    ::close(pipefd[1]);
+    std::this_thread::sleep_for(1500ms);
+    ::kill(kill_source ? source : dest, SIGKILL);
+    int status = 0;
+    ::waitpid(kill_source ? dest : source, &status, 0);
+    ::waitpid(kill_source ? source : dest, nullptr, 0);
+    std::string out;
+    std::array<char, 4096> buf{};
+    ssize_t n;
+    while ((n = ::read(pipefd[0], buf.data(), buf.size())) > 0)
+        out.append(buf.data(), static_cast<std::size_t>(n));
+    ::close(pipefd[0]);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(MigrateTool, KilledDestinationLeavesTheSourceGuestRunning) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const ToolRun r = kill_one(false);
+    EXPECT_EQ(1, r.code) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("source: migration failed")) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("the guest keeps running on the source"))
+        << r.output;
+}
+
+TEST(MigrateTool, KilledSourceEndsTheDestinationWithAClearError) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const ToolRun r = kill_one(true);
+    EXPECT_EQ(1, r.code) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("destination: migration failed")) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("closed")) << r.output;
+}
+
+}  // namespace

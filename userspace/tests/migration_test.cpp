@@ -1,0 +1,398 @@
+// The migration in one process: the stream's bad inputs, and source and
+// destination over a socketpair with a real KVM guest (skipped, with the
+// reason, where KVM is unusable).
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <future>
+#include <thread>
+#include <vector>
+
+#include "dirtyring/channel.hpp"
+#include "dirtyring/error.hpp"
+#include "dirtyring/kvm_guest.hpp"
+#include "dirtyring/migration_destination.hpp"
+#include "dirtyring/migration_source.hpp"
+#include "dirtyring/migration_stream.hpp"
+#include "kvm_workload.hpp"
+
+namespace {
+
+using dirtyring::Channel;
+using dirtyring::Error;
+using dirtyring::kStreamPageSize;
+using dirtyring::MigratableGuest;
+using dirtyring::MigrationDestination;
+using dirtyring::MigrationOptions;
+using dirtyring::MigrationSource;
+using dirtyring::Record;
+using dirtyring::RecordType;
+using dirtyring::StreamReader;
+using dirtyring::StreamWriter;
+using dirtyring::UniqueFd;
+using dirtyring::migrate::KvmWorkload;
+using dirtyring::migrate::WorkloadConfig;
+using namespace std::chrono_literals;
+
+#define SKIP_WITHOUT_KVM()                                                              \
+    do {                                                                                \
+        if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why; \
+    } while (0)
+
+struct Pair {
+    Channel a;
+    Channel b;
+};
+
+Pair channel_pair() {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds))
+        dirtyring::throw_errno("socketpair");
+    return Pair{Channel(UniqueFd(fds[0])), Channel(UniqueFd(fds[1]))};
+}
+
+int errno_of(const std::function<void()>& f, std::string* message = nullptr) {
+    try {
+        f();
+    } catch (const Error& e) {
+        if (message) *message = e.what();
+        return e.errnum();
+    }
+    return 0;
+}
+
+std::vector<std::byte> page_of(std::uint8_t fill) {
+    return std::vector<std::byte>(kStreamPageSize, std::byte{fill});
+}
+
+TEST(MigrationStream, RecordsRoundTrip) {
+    auto [src, dst] = channel_pair();
+    StreamWriter w(src);
+    const auto data = page_of(7);
+    const auto zero = page_of(0);
+    w.header(16, 2, 1);
+    w.page(3, data.data());
+    w.page(4, zero.data());
+    w.round_end(1, 2);
+    const std::vector<std::byte> state{std::byte{1}, std::byte{2}};
+    w.vcpu_state(1, state);
+    const std::vector<dirtyring::PageRun> runs{{2, 3}};
+    w.postcopy(runs);
+    w.end(42);
+    w.flush();
+    EXPECT_EQ(1U, w.zero_pages());
+    EXPECT_EQ(1U, w.data_pages());
+
+    StreamReader r(dst);
+    const auto h = r.header(16, 2);
+    EXPECT_EQ(16U, h.pages);
+    EXPECT_EQ(1U, h.guest);
+    const Record* rec = &r.next();
+    ASSERT_EQ(RecordType::Page, rec->type);
+    EXPECT_EQ(3U, rec->index);
+    EXPECT_EQ(0, std::memcmp(data.data(), rec->data, kStreamPageSize));
+    rec = &r.next();
+    ASSERT_EQ(RecordType::ZeroPage, rec->type);
+    EXPECT_EQ(4U, rec->index);
+    EXPECT_EQ(dirtyring::zero_page_hash(), rec->hash);
+    rec = &r.next();
+    ASSERT_EQ(RecordType::RoundEnd, rec->type);
+    EXPECT_EQ(1U, rec->value);
+    EXPECT_EQ(2U, rec->count);
+    rec = &r.next();
+    ASSERT_EQ(RecordType::VcpuState, rec->type);
+    EXPECT_EQ(1U, rec->index);
+    EXPECT_EQ(state, rec->state);
+    rec = &r.next();
+    ASSERT_EQ(RecordType::Postcopy, rec->type);
+    ASSERT_EQ(1U, rec->runs.size());
+    EXPECT_EQ(3U, rec->runs[0].count);
+    rec = &r.next();
+    ASSERT_EQ(RecordType::End, rec->type);
+    EXPECT_EQ(42U, rec->value);
+}
+
+// Raw bytes on the wire, for streams no StreamWriter would write.
+struct BadStream {
+    const char* name;
+    std::function<std::vector<std::byte>()> bytes;
+    int error;
+    const char* says;
+};
+
+template <typename T>
+void put(std::vector<std::byte>& out, const T& v) {
+    const std::size_t at = out.size();
+    out.resize(at + sizeof(T));
+    std::memcpy(out.data() + at, &v, sizeof(T));
+}
+
+std::vector<std::byte> header_bytes(std::uint32_t version = dirtyring::kStreamVersion,
+                                    std::uint64_t pages = 16, std::uint32_t vcpus = 1,
+                                    const char* magic = "DRMIGRT") {
+    dirtyring::StreamHeader h{};
+    std::memcpy(h.magic, magic, 8);
+    h.version = version;
+    h.page_size = kStreamPageSize;
+    h.pages = pages;
+    h.vcpus = vcpus;
+    h.guest = 1;
+    std::vector<std::byte> out;
+    put(out, h);
+    return out;
+}
+
+std::vector<std::byte> with_record(std::uint32_t type, std::uint32_t length,
+                                   std::vector<std::byte> payload) {
+    auto out = header_bytes();
+    put(out, type);
+    put(out, length);
+    const std::size_t at = out.size();
+    out.resize(at + payload.size());
+    if (!payload.empty()) std::memcpy(out.data() + at, payload.data(), payload.size());
+    return out;
+}
+
+std::vector<std::byte> page_record(std::uint64_t index, bool corrupt) {
+    std::vector<std::byte> payload;
+    const auto data = page_of(9);
+    put(payload, index);
+    put(payload, dirtyring::page_hash(data.data()));
+    payload.resize(payload.size() + data.size());
+    std::memcpy(payload.data() + 16, data.data(), data.size());
+    if (corrupt) payload[100] = std::byte{10};
+    return with_record(1, static_cast<std::uint32_t>(payload.size()), payload);
+}
+
+class MigrationStreamRejects : public testing::TestWithParam<BadStream> {};
+
+TEST_P(MigrationStreamRejects, WithAClearError) {
+    auto [src, dst] = channel_pair();
+    const auto bytes = GetParam().bytes();
+    src.write_now(bytes);
+    src.shutdown();
+    std::string message;
+    const int err = errno_of(
+        [&] {
+            StreamReader r(dst);
+            r.header(16, 4);
+            for (;;) r.next();
+        },
+        &message);
+    EXPECT_EQ(GetParam().error, err) << message;
+    EXPECT_NE(std::string::npos, message.find(GetParam().says)) << message;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, MigrationStreamRejects,
+    testing::Values(
+        BadStream{"bad_magic", [] { return header_bytes(1, 16, 1, "NOTMINE"); }, EPROTO,
+                  "bad magic"},
+        BadStream{"future_version", [] { return header_bytes(2); }, EPROTO, "version 2"},
+        BadStream{"zero_pages", [] { return header_bytes(1, 0); }, EPROTO, "0 pages"},
+        BadStream{"too_many_pages", [] { return header_bytes(1, 1ULL << 40); }, EPROTO, "pages"},
+        BadStream{"too_many_vcpus", [] { return header_bytes(1, 16, 99); }, EPROTO, "99 vCPUs"},
+        BadStream{"unknown_record", [] { return with_record(99, 0, {}); }, EPROTO,
+                  "unknown record type 99"},
+        BadStream{"short_zero_page", [] { return with_record(2, 4, {}); }, EPROTO,
+                  "ZeroPage record of 4 bytes"},
+        BadStream{"page_out_of_range", [] { return page_record(16, false); }, EPROTO,
+                  "page 16 beyond"},
+        BadStream{"corrupted_page", [] { return page_record(3, true); }, EPROTO,
+                  "does not match its checksum"},
+        BadStream{"truncated_page",
+                  [] {
+                      auto b = page_record(3, false);
+                      b.resize(b.size() - 100);
+                      return b;
+                  },
+                  ECONNRESET, "100 of 4096 bytes missing"},
+        BadStream{"truncated_header", [] { return std::vector<std::byte>(10); }, ECONNRESET,
+                  "closed"}),
+    [](const auto& p) { return std::string(p.param.name); });
+
+// A destination guest that keeps a copy of the memory it was started on.
+class SnapshotGuest : public MigratableGuest {
+public:
+    explicit SnapshotGuest(std::unique_ptr<KvmWorkload> inner) : inner_(std::move(inner)) {}
+    std::uint32_t kind() const noexcept override { return inner_->kind(); }
+    std::byte* memory() noexcept override { return inner_->memory(); }
+    std::uint64_t pages() const noexcept override { return inner_->pages(); }
+    unsigned vcpus() const noexcept override { return inner_->vcpus(); }
+    void start() override {
+        snapshot.assign(memory(), memory() + pages() * kStreamPageSize);
+        inner_->start();
+    }
+    void stop() override { inner_->stop(); }
+    std::exception_ptr failure() const override { return inner_->failure(); }
+    std::uint64_t harvest_into(std::vector<std::uint64_t>& m) override {
+        return inner_->harvest_into(m);
+    }
+    std::vector<std::byte> save_vcpu(unsigned v) override { return inner_->save_vcpu(v); }
+    void restore_vcpu(unsigned v, std::span<const std::byte> s) override {
+        inner_->restore_vcpu(v, s);
+    }
+    std::uint64_t progress(unsigned v) override { return inner_->progress(v); }
+    KvmWorkload& kvm() { return *inner_; }
+
+    std::vector<std::byte> snapshot;
+
+private:
+    std::unique_ptr<KvmWorkload> inner_;
+};
+
+WorkloadConfig small_guest(unsigned vcpus) {
+    WorkloadConfig c;
+    c.vcpus = vcpus;
+    c.memory_bytes = 16 << 20;
+    c.working_set_pages = 1024;
+    c.dirty_rate = 20000;
+    return c;
+}
+
+bool keeps_running(MigratableGuest& guest) {
+    const auto before = guest.progress(0);
+    for (int i = 0; i < 100 && guest.progress(0) == before; ++i) std::this_thread::sleep_for(10ms);
+    return guest.failure() == nullptr && guest.progress(0) > before;
+}
+
+struct Destination {
+    SnapshotGuest* guest = nullptr;
+    MigrationDestination::GuestFactory factory() {
+        return [this](std::uint32_t, std::byte* memory, std::uint64_t pages, unsigned vcpus) {
+            auto g = std::make_unique<SnapshotGuest>(
+                KvmWorkload::destination(small_guest(vcpus), memory, pages, vcpus));
+            guest = g.get();
+            return std::unique_ptr<MigratableGuest>(std::move(g));
+        };
+    }
+};
+
+class Migration : public testing::TestWithParam<unsigned> {};
+
+TEST_P(Migration, PrecopyMovesTheExactMemoryAndTheGuestContinues) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(GetParam()));
+    guest->start();
+    Destination d;
+    MigrationDestination destination(dst, d.factory());
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    MigrationOptions options;
+    options.bandwidth_limit = 64 << 20;  // several rounds while the guest writes
+    options.downtime_limit = 20ms;
+    MigrationSource source(*guest, src, options);
+    const auto report = source.run();
+    const auto dest_report = received.get();
+
+    EXPECT_EQ("precopy", report.mode);
+    EXPECT_GE(report.rounds, 1U);
+    EXPECT_EQ(report.digest, dest_report.digest);
+    EXPECT_EQ(report.pages_sent, dest_report.pages_received);
+    // The source stopped for good: its memory is the memory at the stop,
+    // and the destination started on exactly that.
+    ASSERT_NE(nullptr, d.guest);
+    ASSERT_EQ(d.guest->snapshot.size(), guest->pages() * kStreamPageSize);
+    EXPECT_EQ(0, std::memcmp(d.guest->snapshot.data(), guest->memory(), d.guest->snapshot.size()));
+    EXPECT_TRUE(keeps_running(*d.guest));
+    d.guest->stop();
+    for (unsigned i = 0; i < GetParam(); ++i) {
+        EXPECT_EQ(guest->next_value(i), d.guest->kvm().restored_value(i)) << "vCPU " << i;
+        EXPECT_GT(d.guest->kvm().next_value(i), d.guest->kvm().restored_value(i)) << "vCPU " << i;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Vcpus, Migration, testing::Values(1U, 2U, 4U));
+
+TEST(MigrationFailure, CancelLeavesTheSourceRunningAndTheDestinationDiscards) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    Destination d;
+    MigrationDestination destination(dst, d.factory());
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    MigrationOptions options;
+    options.downtime_limit = 1ms;
+    options.max_rounds = 1000;
+    options.postcopy_if_not_converged = false;
+    MigrationSource* self = nullptr;
+    MigrationSource source(*guest, src, options, [&](const auto& p) {
+        if (p.round == 2) self->cancel();
+    });
+    self = &source;
+    EXPECT_EQ(ECANCELED, errno_of([&] { source.run(); }));
+    EXPECT_EQ(ECANCELED, errno_of([&] { received.get(); }));
+    EXPECT_EQ(nullptr, d.guest);
+    EXPECT_TRUE(keeps_running(*guest));
+}
+
+TEST(MigrationFailure, DestinationGoneMidPrecopyLeavesTheSourceRunning) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    // The destination reads the header and a few records, then dies.
+    std::jthread dest([&dst] {
+        StreamReader r(dst);
+        r.header(1 << 20, 64);
+        for (int i = 0; i < 100; ++i) r.next();
+        dst.shutdown();
+    });
+    MigrationOptions options;
+    options.bandwidth_limit = 16 << 20;
+    MigrationSource source(*guest, src, options);
+    std::string message;
+    const int err = errno_of([&] { source.run(); }, &message);
+    EXPECT_TRUE(err == EPIPE || err == ECONNRESET) << message;
+    EXPECT_TRUE(keeps_running(*guest));
+}
+
+TEST(MigrationFailure, SourceGoneMidStreamEndsTheDestinationCleanly) {
+    auto [src, dst] = channel_pair();
+    Destination d;
+    MigrationDestination destination(dst, d.factory());
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    StreamWriter w(src);
+    w.header(64, 1, 1);
+    const auto data = page_of(5);
+    w.page(1, data.data());
+    w.flush();
+    src.shutdown();
+    std::string message;
+    EXPECT_EQ(ECONNRESET, errno_of([&] { received.get(); }, &message)) << message;
+    EXPECT_EQ(nullptr, d.guest);
+}
+
+TEST(MigrationFailure, EndWithTheWrongDigestIsRefusedAndTheSourceIsTold) {
+    auto [src, dst] = channel_pair();
+    Destination d;
+    MigrationDestination destination(dst, d.factory());
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    StreamWriter w(src);
+    w.header(64, 1, 1);
+    const auto data = page_of(5);
+    w.page(1, data.data());
+    w.end(12345);
+    std::string message;
+    EXPECT_EQ(EIO, errno_of([&] { received.get(); }, &message)) << message;
+    StreamReader back(src, 64);
+    const Record& r = back.next();
+    EXPECT_EQ(RecordType::Failed, r.type);
+    EXPECT_NE(std::string::npos, r.message.find("do not add up")) << r.message;
+}
+
+TEST(MigrationOptionsTest, ZeroRoundsIsRefused) {
+    auto [src, dst] = channel_pair();
+    WorkloadConfig c = small_guest(1);
+    MigrationOptions options;
+    options.max_rounds = 0;
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    auto guest = KvmWorkload::source(c);
+    EXPECT_EQ(EINVAL, errno_of([&] { MigrationSource(*guest, src, options); }));
+}
+
+}  // namespace
