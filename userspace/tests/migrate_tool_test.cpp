@@ -100,6 +100,25 @@ TEST(MigrateTool, DefaultMigrationSucceedsAndReportsJson) {
     EXPECT_GT(j["source"]["downtime_ms"].get<double>(), 0.0);
 }
 
+TEST(MigrateTool, PostcopyMigrationReportsBlocktime) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const std::string json_path =
+        "/tmp/dirtyring-migrate-test." + std::to_string(::getpid()) + ".postcopy.json";
+    const ToolRun r =
+        run_tool("--postcopy --bandwidth 8 --memory 32 --working-set 8 --json " + json_path);
+    ASSERT_EQ(0, r.code) << r.output;
+    std::ifstream in(json_path);
+    const auto j = nlohmann::json::parse(in, nullptr, false);
+    ::unlink(json_path.c_str());
+    ASSERT_FALSE(j.is_discarded());
+    EXPECT_EQ("postcopy", j["source"]["mode"]);
+    EXPECT_EQ("postcopy", j["destination"]["mode"]);
+    EXPECT_EQ(j["source"]["memory_digest"], j["destination"]["memory_digest"]);
+    EXPECT_EQ(true, j["destination"]["guest_continued"]);
+    EXPECT_TRUE(j["destination"]["blocktime"].contains("postcopy-latency-dist"));
+    EXPECT_EQ(2U, j["destination"]["blocktime"]["postcopy-vcpu-blocktime"].size());
+}
+
 // Starts `dest` and `source` as two commands; kills one mid-precopy.
 ToolRun kill_one(bool kill_source) {
     const std::string addr = "unix:/tmp/dirtyring-migrate-kill." + std::to_string(::getpid());

@@ -9,9 +9,12 @@
 // the read is logged again.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +48,11 @@ public:
 
     // Writes the guest made so far, per vCPU: shows that it runs.
     virtual std::uint64_t progress(unsigned vcpu) = 0;
+
+    // Called on each vCPU thread, with its thread id, before it first runs
+    // the vCPU: a postcopy destination attributes its faults with it.
+    using VcpuThreadHook = std::function<void(unsigned vcpu, pid_t tid)>;
+    virtual void set_vcpu_thread_hook(VcpuThreadHook hook) = 0;
 };
 
 }  // namespace dirtyring

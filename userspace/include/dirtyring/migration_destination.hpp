@@ -3,6 +3,12 @@
 // whole memory against the source's, then restores the vCPUs and starts the
 // guest (built by the caller's factory, of the kind the stream names).
 //
+// Postcopy: on the source's Postcopy record it discards the pages the source
+// still has dirty, registers the memory with userfaultfd (Postcopy), starts
+// the guest at once, and places every page that arrives; vCPU faults become
+// Request records on the return path.  Memory is then verified by the page
+// hashes (the guest already runs on it).
+//
 // run() is called by one thread; it returns once the guest runs here and the
 // source was told (Done), or throws Error: EPROTO for a stream it does not
 // understand, ECANCELED when the source cancelled, ECONNRESET when the
@@ -15,11 +21,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "dirtyring/channel.hpp"
 #include "dirtyring/mapping.hpp"
 #include "dirtyring/migratable_guest.hpp"
+#include "dirtyring/page_source.hpp"
+#include "dirtyring/postcopy.hpp"
 
 namespace dirtyring {
 
@@ -31,6 +40,11 @@ struct DestinationReport {
     std::uint64_t bytes_received = 0;
     std::uint64_t digest = 0;
     std::chrono::nanoseconds total_time{0};
+    // Postcopy only: faults, requests sent, and the blocktime report (the
+    // JSON members of QEMU's query-migrate).
+    std::uint64_t postcopy_faults = 0;
+    std::uint64_t postcopy_requests = 0;
+    std::string blocktime_json;
 };
 
 class MigrationDestination {
@@ -60,6 +74,10 @@ private:
     GuestFactory factory_;
     Limits limits_;
     Mapping memory_;
+    // Outlive the guest: its vCPU threads register with the postcopy when
+    // they start, which can be after run() returned.
+    std::unique_ptr<PageSource> requests_;
+    std::optional<Postcopy> postcopy_;
     std::unique_ptr<MigratableGuest> guest_;
 };
 

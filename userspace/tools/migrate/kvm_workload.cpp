@@ -1,5 +1,7 @@
 #include "kvm_workload.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -91,6 +93,7 @@ void KvmWorkload::vcpu_loop(std::stop_token stop, unsigned vcpu) {
     int empty_full_exits = 0;
     const auto sink = [this](std::span<const DirtyPage> pages) { bitmap_->set_batch(pages); };
     try {
+        if (hook_) hook_(vcpu, ::gettid());
         while (!stop.stop_requested()) {
             switch (guest_->run(vcpu)) {
                 case KvmGuest::Exit::RingFull:
@@ -130,6 +133,18 @@ std::uint64_t KvmWorkload::harvest_into(std::vector<std::uint64_t>& migration) {
         [this](std::span<const DirtyPage> pages) { bitmap_->set_batch(pages); },
         [&] { newly = bitmap_->sync_and_clear(migration); });
     return newly;
+}
+
+bool KvmWorkload::wait_first_pass(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const std::uint64_t share = config_.working_set_pages / guest_->vcpus();
+    for (;;) {
+        bool done = true;
+        for (unsigned i = 0; i < guest_->vcpus(); ++i) done &= progress(i) >= share;
+        if (done) return true;
+        if (failure() || std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
 }
 
 std::vector<std::byte> KvmWorkload::save_vcpu(unsigned vcpu) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -53,6 +54,11 @@ public:
     std::vector<std::byte> save_vcpu(unsigned vcpu) override;
     void restore_vcpu(unsigned vcpu, std::span<const std::byte> state) override;
     std::uint64_t progress(unsigned vcpu) override;
+    void set_vcpu_thread_hook(VcpuThreadHook hook) override { hook_ = std::move(hook); }
+
+    // Waits until every vCPU went once over its share of the working set (the
+    // guest "booted": its memory is no longer mostly zeros); false on timeout.
+    bool wait_first_pass(std::chrono::milliseconds timeout);
 
     // The counter the vCPU writes next (stopped vCPUs only), and what it was
     // when restore_vcpu() gave the vCPU its state.
@@ -72,6 +78,7 @@ private:
     std::vector<std::jthread> threads_;
     std::unique_ptr<std::atomic<std::uint64_t>[]> writes_;
     std::vector<std::uint32_t> restored_;
+    VcpuThreadHook hook_;
     mutable std::mutex failure_mutex_;
     std::exception_ptr failure_;
 };

@@ -225,6 +225,10 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
     const std::string backend = choose_backend(a);
     auto guest = KvmWorkload::source(workload_config(a));
     guest->start();
+    if (!guest->wait_first_pass(10s)) {
+        if (auto e = guest->failure()) std::rethrow_exception(e);
+        throw Error(ETIMEDOUT, "the guest did not write its working set once within 10 s");
+    }
     Channel channel = Channel::connect(ChannelAddress::parse(a.address), kConnectTimeout);
     own_listener.reset();  // connected: the socket file is not needed any more
 
@@ -370,6 +374,29 @@ int dest_main(const Args& a, Listener listener) {
         static_cast<unsigned long long>(r.zero_pages),
         mib(static_cast<double>(r.bytes_received)).c_str(), r.rounds,
         static_cast<unsigned long long>(r.digest));
+    json blocktime;
+    if (r.mode == "postcopy") {
+        blocktime = json::parse(r.blocktime_json);
+        std::printf(
+            "destination: postcopy: %llu faults, %llu page requests; blocktime %llu ms "
+            "(all vCPUs blocked), average fault latency %.1f us\n",
+            static_cast<unsigned long long>(r.postcopy_faults),
+            static_cast<unsigned long long>(r.postcopy_requests),
+            blocktime["postcopy-blocktime"].get<unsigned long long>(),
+            blocktime["postcopy-latency"].get<double>() / 1e3);
+        const auto& per_vcpu = blocktime["postcopy-vcpu-blocktime"];
+        for (std::size_t i = 0; i < per_vcpu.size(); ++i)
+            std::printf("destination:   vCPU %zu blocked %llu ms over %llu faults\n", i,
+                        per_vcpu[i].get<unsigned long long>(),
+                        blocktime["postcopy-vcpu-faults"][i].get<unsigned long long>());
+        const auto& buckets = blocktime["postcopy-latency-dist"];
+        std::printf("destination:   fault latency histogram:");
+        for (std::size_t b = 0; b < buckets.size(); ++b)
+            if (buckets[b].get<std::uint64_t>())
+                std::printf(" %llu-%lluus:%llu", 1ULL << b, 1ULL << (b + 1),
+                            buckets[b].get<unsigned long long>());
+        std::printf("\n");
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(a.run_after_ms));
     auto& guest = destination.guest();
     guest.stop();
@@ -394,6 +421,11 @@ int dest_main(const Args& a, Listener listener) {
               {"memory_verified", true},
               {"guest_continued", continued},
               {"vcpus", vcpus}};
+    if (r.mode == "postcopy") {
+        j["postcopy_faults"] = r.postcopy_faults;
+        j["postcopy_requests"] = r.postcopy_requests;
+        j["blocktime"] = blocktime;
+    }
     write_json(a.json_internal.empty() ? a.json_path : a.json_internal,
                a.json_internal.empty() ? json{{"destination", j}} : j);
     if (!continued) {
