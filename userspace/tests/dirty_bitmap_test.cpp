@@ -73,6 +73,17 @@ TEST(DirtyBitmap, SetBatch) {
     bitmap.set_batch(pages);
     std::vector<std::uint64_t> migration;
     EXPECT_EQ(3U, bitmap.sync_and_clear(migration));
+    // Runs within a word, broken and resumed, across words and blocks: each
+    // page set, none else.
+    const std::vector<DirtyPage> runs{{0, 64}, {0, 63}, {0, 65},         {0, 64},
+                                      {0, 0},  {0, 1},  {0, kBlock - 1}, {0, 127}};
+    bitmap.set_batch(runs);
+    std::vector<std::uint64_t> fresh;
+    EXPECT_EQ(7U, bitmap.sync_and_clear(fresh));
+    for (const std::uint64_t page : {0UL, 1UL, 63UL, 64UL, 65UL, 127UL, kBlock - 1})
+        EXPECT_TRUE(migration_bit(fresh, page)) << page;
+    EXPECT_FALSE(migration_bit(fresh, 2));
+    EXPECT_FALSE(migration_bit(fresh, 66));
 }
 
 TEST(DirtyBitmap, GrowKeepsBits) {
