@@ -130,7 +130,7 @@ void BM_Set(benchmark::State& state) {
             for (const auto& p : pages) flat.set(p.offset);
         });
 }
-BENCHMARK(BM_Set)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Set)->UseManualTime()->MinTime(0.2)->Unit(benchmark::kMicrosecond);
 
 // set_batch(): harvester-sized batches (512) of neighbouring pages
 // (arg 1) or of random pages (arg 0), 8 batches per iteration.
@@ -155,6 +155,7 @@ BENCHMARK(BM_SetBatch)
     ->Arg(1)
     ->Arg(0)
     ->UseManualTime()
+    ->MinTime(0.2)
     ->Unit(benchmark::kMicrosecond);
 
 // sync_and_clear(): a bitmap of range(0) GiB with range(1) per mille of its
@@ -186,6 +187,7 @@ BENCHMARK(BM_SyncAndClear)
     ->Args({16, 10})
     ->Args({16, 100})
     ->UseManualTime()
+    ->MinTime(0.2)
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
