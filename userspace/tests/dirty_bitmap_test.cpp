@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <functional>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -72,6 +73,17 @@ TEST(DirtyBitmap, SetBatch) {
     bitmap.set_batch(pages);
     std::vector<std::uint64_t> migration;
     EXPECT_EQ(3U, bitmap.sync_and_clear(migration));
+    // Runs within a word, broken and resumed, across words and blocks: each
+    // page set, none else.
+    const std::vector<DirtyPage> runs{{0, 64}, {0, 63}, {0, 65},         {0, 64},
+                                      {0, 0},  {0, 1},  {0, kBlock - 1}, {0, 127}};
+    bitmap.set_batch(runs);
+    std::vector<std::uint64_t> fresh;
+    EXPECT_EQ(7U, bitmap.sync_and_clear(fresh));
+    for (const std::uint64_t page : {0UL, 1UL, 63UL, 64UL, 65UL, 127UL, kBlock - 1})
+        EXPECT_TRUE(migration_bit(fresh, page)) << page;
+    EXPECT_FALSE(migration_bit(fresh, 2));
+    EXPECT_FALSE(migration_bit(fresh, 66));
 }
 
 TEST(DirtyBitmap, GrowKeepsBits) {
@@ -123,7 +135,13 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& param_info) { return "case" + std::to_string(param_info.index); });
 
 TEST(DirtyBitmap, ZeroPagesRejected) {
-    EXPECT_THROW(DirtyBitmap(0), dirtyring::Error);
+    try {
+        DirtyBitmap bitmap(0);
+        FAIL() << "accepted";
+    } catch (const dirtyring::Error& e) {
+        EXPECT_EQ(EINVAL, e.errnum()) << e.what();
+        EXPECT_NE(std::string::npos, std::string(e.what()).find("zero pages")) << e.what();
+    }
 }
 
 // Writers set bits in the part that exists while a grower adds blocks and a

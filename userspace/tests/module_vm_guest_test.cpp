@@ -1,0 +1,470 @@
+// ModuleVm and the Harvester against the real module, in the QEMU-booted
+// kernel (only built into dirtyring_guest_tests: on the host there is no
+// module, and these tests must not pass there by skipping).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "dirtyring/device.hpp"
+#include "dirtyring/error.hpp"
+#include "dirtyring/harvester.hpp"
+#include "dirtyring/module_vm.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using dirtyring::Device;
+using dirtyring::DirtyPage;
+using dirtyring::Harvester;
+using dirtyring::ModuleVcpu;
+using dirtyring::ModuleVm;
+constexpr std::uint64_t kPage = ModuleVm::kPageSize;
+
+// Stores `value` into 64-bit word `word` of `page`: a tracked first write
+// when the page is clean.
+void write_word(std::span<std::uint8_t> memory, std::uint64_t page, unsigned word,
+                std::uint64_t value) {
+    auto* p = reinterpret_cast<std::uint64_t*>(memory.data() + page * kPage) + word;
+    std::atomic_ref<std::uint64_t>(*p).store(value, std::memory_order_relaxed);
+}
+
+std::uint64_t read_word(std::span<std::uint8_t> memory, std::uint64_t page, unsigned word) {
+    auto* p = reinterpret_cast<std::uint64_t*>(memory.data() + page * kPage) + word;
+    return std::atomic_ref<std::uint64_t>(*p).load(std::memory_order_relaxed);
+}
+
+// Harvested pages, counted; thread-safe.
+class Seen {
+public:
+    void add(std::span<const DirtyPage> pages) {
+        std::lock_guard lock(mutex_);
+        for (const auto& p : pages) {
+            EXPECT_EQ(0U, p.slot);
+            ++count_[p.offset];
+        }
+    }
+    std::map<std::uint64_t, int> counts() {
+        std::lock_guard lock(mutex_);
+        return count_;
+    }
+
+private:
+    std::mutex mutex_;
+    std::map<std::uint64_t, int> count_;
+};
+
+// Every page in [0, pages) harvested, none twice but the pages whose write
+// waited at the soft limit: that write's fault logged the page, the wait
+// let a reset re-protect it before the store retired, and the retried store
+// logged it again (a duplicate, never a loss).  So at most one duplicate per
+// wait.
+void expect_each_page_once_but_waits(const std::map<std::uint64_t, int>& counts,
+                                     std::uint64_t pages, std::uint64_t waits) {
+    ASSERT_EQ(pages, counts.size());
+    EXPECT_EQ(pages - 1, counts.rbegin()->first);
+    std::uint64_t duplicates = 0;
+    for (const auto& [page, n] : counts) {
+        EXPECT_LE(1, n) << "page " << page;
+        EXPECT_GE(2, n) << "page " << page;
+        duplicates += static_cast<std::uint64_t>(n - 1);
+    }
+    EXPECT_LE(duplicates, waits);
+}
+
+std::uint64_t total_waits(const ModuleVm& vm) {
+    std::uint64_t waits = vm.ring_status().waits;
+    for (std::uint32_t i = 0; i < vm.vcpu_count(); ++i) waits += vm.vcpu(i).ring_status().waits;
+    return waits;
+}
+
+std::uint64_t total_overflows(const ModuleVm& vm) {
+    std::uint64_t n = vm.ring_status().overflows;
+    for (std::uint32_t i = 0; i < vm.vcpu_count(); ++i) n += vm.vcpu(i).ring_status().overflows;
+    return n;
+}
+
+// --- exact pages, per ring ----------------------------------------------------
+
+class ModuleHarvest : public testing::TestWithParam<std::uint32_t> {};
+
+// Writer w < vcpus is bound to vCPU w; writer `vcpus` is bound to nothing.
+// Each writes its own pages (some twice); every ring must hold exactly its
+// writer's pages, and the harvester must return exactly all of them, once,
+// in this cycle and again after the reset re-protected them.
+TEST_P(ModuleHarvest, ReturnsExactlyThePagesEachRingsWriterWrote) {
+    const std::uint32_t vcpus = GetParam();
+    const std::uint32_t writers = vcpus + 1;
+    constexpr std::uint64_t kPages = 4096;
+    ModuleVm vm(Device::open(),
+                {.vcpu_ring_entries = 4096, .vm_ring_entries = 4096, .vcpus = vcpus});
+    vm.add_slot(0, kPages);
+    const auto memory = vm.slot_memory(0);
+    ASSERT_EQ(kPages * kPage, memory.size());
+    ASSERT_EQ(vcpus + 1, vm.rings().size());
+
+    // Writer w: pages w, w + writers, ... below kPages - 1000 (the rest stay
+    // clean), each written twice.
+    std::vector<std::vector<std::uint64_t>> pages(writers);
+    for (std::uint64_t page = 0; page < kPages - 1000; ++page)
+        pages[page % writers].push_back(page);
+    const auto write_all = [&](std::uint64_t value) {
+        std::vector<std::jthread> threads;
+        for (std::uint32_t w = 0; w < writers; ++w)
+            threads.emplace_back([&, w] {
+                ModuleVcpu::Binding binding;
+                if (w < vcpus) binding = vm.vcpu(w).bind();
+                for (int round = 0; round < 2; ++round)
+                    for (const auto page : pages[w]) write_word(memory, page, 0, value + w);
+            });
+    };
+    write_all(1);
+
+    // Per ring: rings() is the vCPUs in id order, then the VM ring.
+    for (std::uint32_t r = 0; r < writers; ++r) {
+        std::vector<DirtyPage> got(kPages);
+        got.resize(vm.rings()[r].collect(got));
+        std::vector<std::uint64_t> offsets;
+        for (const auto& p : got) offsets.push_back(p.offset);
+        std::sort(offsets.begin(), offsets.end());
+        EXPECT_EQ(pages[r], offsets) << "ring " << r;
+    }
+    EXPECT_EQ(kPages - 1000, vm.reset());
+    for (std::uint32_t i = 0; i < vcpus; ++i) {
+        EXPECT_EQ(pages[i].size(), vm.vcpu(i).ring_status().pushed) << "vCPU " << i;
+        EXPECT_FALSE(vm.vcpu(i).ring_status().bound) << "vCPU " << i;
+    }
+    EXPECT_EQ(pages[vcpus].size(), vm.ring_status().pushed);
+
+    // Second cycle, through the Harvester: the reset made every page
+    // trackable again.
+    write_all(100);
+    Harvester harvester(vm);
+    Seen seen;
+    const auto sink = [&](std::span<const DirtyPage> p) { seen.add(p); };
+    EXPECT_EQ(kPages - 1000, harvester.harvest(sink));
+    EXPECT_EQ(0U, harvester.harvest(sink));
+    const auto counts = seen.counts();
+    ASSERT_EQ(kPages - 1000, counts.size());
+    for (const auto& [page, n] : counts) {
+        EXPECT_LT(page, kPages - 1000);
+        EXPECT_EQ(1, n) << "page " << page;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Vcpus, ModuleHarvest, testing::Values(2U, 4U), [](const auto& param_info) {
+    return std::to_string(param_info.param) + "vcpus";
+});
+
+// --- ring full: writers wait, harvests release them ---------------------------
+
+// A bound writer that fills its 128-entry ring waits at the soft limit,
+// poll() says so, and each harvest lets it go on: nothing deadlocks, no
+// page is lost.
+TEST(ModuleRingFull, WriterWaitsAtSoftLimitUntilHarvested) {
+    constexpr std::uint64_t kPages = 1000;
+    ModuleVm vm(Device::open(), {.vcpu_ring_entries = 128, .vm_ring_entries = 128, .vcpus = 1});
+    vm.add_slot(0, kPages);
+    const auto memory = vm.slot_memory(0);
+    EXPECT_FALSE(vm.poll(0ms).harvestable);
+
+    std::atomic<std::uint64_t> written{0};
+    std::jthread writer([&] {
+        auto binding = vm.vcpu(0).bind();
+        for (std::uint64_t page = 0; page < kPages; ++page) {
+            write_word(memory, page, 0, page);
+            ++written;
+        }
+    });
+    Harvester harvester(vm);
+    Seen seen;
+    unsigned soft_full_seen = 0;
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (written.load() < kPages) {
+        // Let the writer run into its soft limit before harvesting.
+        while (!vm.vcpu(0).ring_status().soft_full && written.load() < kPages) {
+            ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+                << "writer stuck after " << written.load() << " pages";
+            std::this_thread::sleep_for(1ms);
+        }
+        if (written.load() < kPages) {
+            ++soft_full_seen;
+            EXPECT_TRUE(vm.poll(0ms).soft_full);
+            // The writer is held: it does not write on into the reserve.
+            const auto before = written.load();
+            std::this_thread::sleep_for(20ms);
+            const auto status = vm.vcpu(0).ring_status();
+            EXPECT_TRUE(status.soft_full);
+            EXPECT_LE(status.used, status.soft_limit + 1);
+            EXPECT_LE(written.load(), before + 1);
+        }
+        harvester.harvest([&](std::span<const DirtyPage> p) { seen.add(p); });
+    }
+    writer.join();
+    harvester.harvest([&](std::span<const DirtyPage> p) { seen.add(p); });
+    EXPECT_LE(kPages / 128, soft_full_seen);
+    const auto status = vm.vcpu(0).ring_status();
+    EXPECT_LE(kPages / 128, status.waits);
+    EXPECT_EQ(0U, status.overflows);
+    expect_each_page_once_but_waits(seen.counts(), kPages, status.waits);
+}
+
+// Two bound writers and an unbound one outrun a harvester polling the VM
+// fd, on 128-entry rings: they are held at the soft limit and released by
+// the harvests until all their pages are written and harvested, once each.
+TEST(ModuleRingFull, WritersOutrunningTheHarvesterAreReleased) {
+    constexpr std::uint32_t kWriters = 3;  // vCPU 0, vCPU 1, no vCPU
+    constexpr std::uint64_t kPagesEach = 3000;
+    ModuleVm vm(Device::open(), {.vcpu_ring_entries = 128, .vm_ring_entries = 128, .vcpus = 2});
+    vm.add_slot(0, kWriters * kPagesEach);
+    const auto memory = vm.slot_memory(0);
+    std::atomic<std::uint32_t> running{kWriters};
+    Harvester harvester(vm);
+    Seen seen;
+    const auto sink = [&](std::span<const DirtyPage> p) { seen.add(p); };
+    {
+        std::vector<std::jthread> threads;
+        for (std::uint32_t w = 0; w < kWriters; ++w)
+            threads.emplace_back([&, w] {
+                ModuleVcpu::Binding binding;
+                if (w < 2) binding = vm.vcpu(w).bind();
+                for (std::uint64_t i = 0; i < kPagesEach; ++i)
+                    write_word(memory, w * kPagesEach + i, 0, i + 1);
+                --running;
+            });
+        const auto deadline = std::chrono::steady_clock::now() + 90s;
+        while (running.load() > 0) {
+            ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "writers stuck";
+            // Harvest late, so that the writers outrun the harvester.
+            if (vm.poll(100ms).harvestable) {
+                std::this_thread::sleep_for(5ms);
+                harvester.harvest(sink);
+            }
+        }
+    }
+    harvester.harvest(sink);
+    EXPECT_LT(0U, total_waits(vm)) << "the writers never outran the harvester";
+    EXPECT_EQ(0U, total_overflows(vm));
+    expect_each_page_once_but_waits(seen.counts(), kWriters * kPagesEach, total_waits(vm));
+}
+
+// --- harvest while writers keep running ---------------------------------------
+
+// Writers (two bound, one not) keep writing counters into overlapping pages
+// in random order while a collector harvests and, after each reset, copies
+// every harvested page into a shadow.  At the end the shadow must equal the
+// memory (a lost entry leaves a stale word), and the harvested pages must be
+// exactly the pages written (the writers' own record).
+TEST(ModuleHarvestConcurrent, HarvestWhileWritersRunLosesNothing) {
+    constexpr std::uint32_t kWriters = 3;
+    constexpr std::uint64_t kPages = 2048;
+    constexpr unsigned kWritesEach = 60000;
+    constexpr std::uint64_t kMinRounds = 20;
+    ModuleVm vm(Device::open(), {.vcpu_ring_entries = 1024, .vm_ring_entries = 512, .vcpus = 2});
+    vm.add_slot(0, kPages);
+    const auto memory = vm.slot_memory(0);
+    Harvester harvester(vm);
+
+    // Writer w writes word w of pages [w * 512, w * 512 + 1024): ranges overlap.
+    std::vector<std::vector<bool>> written(kWriters, std::vector<bool>(kPages));
+    std::vector<std::uint64_t> shadow(kPages * kWriters);
+    std::vector<bool> harvested(kPages);
+    std::mutex pending_mutex;
+    std::vector<DirtyPage> pending;
+    const auto collect = [&] {
+        return harvester.harvest(
+            [&](std::span<const DirtyPage> p) {
+                std::lock_guard lock(pending_mutex);
+                pending.insert(pending.end(), p.begin(), p.end());
+            },
+            [&] {
+                std::lock_guard lock(pending_mutex);
+                for (const auto& p : pending) {
+                    harvested[p.offset] = true;
+                    for (unsigned w = 0; w < kWriters; ++w)
+                        shadow[p.offset * kWriters + w] = read_word(memory, p.offset, w);
+                }
+                pending.clear();
+            });
+    };
+    std::atomic<std::uint32_t> running{kWriters};
+    std::atomic<std::uint64_t> rounds{0};
+    {
+        std::vector<std::jthread> threads;
+        for (std::uint32_t w = 0; w < kWriters; ++w)
+            threads.emplace_back([&, w] {
+                ModuleVcpu::Binding binding;
+                if (w < 2) binding = vm.vcpu(w).bind();
+                std::mt19937_64 rng(w);
+                // Write on until the collector has run enough rounds alongside.
+                for (unsigned i = 1; i <= kWritesEach || rounds.load() < kMinRounds; ++i) {
+                    const std::uint64_t page = w * 512 + rng() % 1024;
+                    written[w][page] = true;
+                    write_word(memory, page, w, i);
+                }
+                --running;
+            });
+        while (running.load() > 0) {
+            collect();
+            ++rounds;
+        }
+    }
+    collect();
+    EXPECT_LE(kMinRounds, rounds.load());
+    std::uint64_t stale = 0, unwritten = 0, missed = 0;
+    for (std::uint64_t page = 0; page < kPages; ++page) {
+        bool any = false;
+        for (unsigned w = 0; w < kWriters; ++w) {
+            any = any || written[w][page];
+            stale += shadow[page * kWriters + w] != read_word(memory, page, w);
+        }
+        missed += any && !harvested[page];
+        unwritten += !any && harvested[page];
+    }
+    EXPECT_EQ(0U, stale) << "words written but never harvested after their write";
+    EXPECT_EQ(0U, missed) << "pages written, never harvested";
+    EXPECT_EQ(0U, unwritten) << "pages harvested, never written";
+}
+
+// --- poll ----------------------------------------------------------------------
+
+TEST(ModuleVmPoll, ReportsHarvestableUntilHarvested) {
+    ModuleVm vm(Device::open(), {.vcpu_ring_entries = 128, .vm_ring_entries = 128});
+    vm.add_slot(3, 4);
+    const auto ready0 = vm.poll(0ms);
+    EXPECT_FALSE(ready0.harvestable || ready0.soft_full);
+    write_word(vm.slot_memory(3), 2, 0, 7);  // no vCPU: the VM ring
+    const auto ready1 = vm.poll(1000ms);
+    EXPECT_TRUE(ready1.harvestable);
+    EXPECT_FALSE(ready1.soft_full);
+    Harvester harvester(vm);
+    std::vector<DirtyPage> got;
+    harvester.harvest([&](std::span<const DirtyPage> p) { got.assign(p.begin(), p.end()); });
+    EXPECT_EQ((std::vector<DirtyPage>{{3, 2}}), got);
+    const auto ready2 = vm.poll(0ms);
+    EXPECT_FALSE(ready2.harvestable || ready2.soft_full);
+}
+
+// --- bad input ----------------------------------------------------------------
+
+struct BadCall {
+    const char* what;
+    int errnum;
+    std::function<void(const Device&)> call;
+};
+
+void PrintTo(const BadCall& b, std::ostream* os) {
+    *os << b.what;
+}
+
+class ModuleVmRejects : public testing::TestWithParam<BadCall> {};
+
+TEST_P(ModuleVmRejects, WithErrno) {
+    const auto device = Device::open();
+    try {
+        GetParam().call(device);
+        FAIL() << "accepted";
+    } catch (const dirtyring::Error& e) {
+        EXPECT_EQ(GetParam().errnum, e.errnum()) << e.what();
+    }
+}
+
+ModuleVm small_vm(const Device& d, std::uint32_t vcpus = 1) {
+    return {d, {.vcpu_ring_entries = 128, .vm_ring_entries = 128, .vcpus = vcpus}};
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    BadInput, ModuleVmRejects,
+    testing::Values(
+        BadCall{"vCPU ring not a power of two", EINVAL,
+                [](const Device& d) { ModuleVm(d, {.vcpu_ring_entries = 1000}); }},
+        BadCall{"vCPU ring below the minimum", EINVAL,
+                [](const Device& d) { ModuleVm(d, {.vcpu_ring_entries = 64}); }},
+        BadCall{"VM ring above the maximum", EINVAL,
+                [](const Device& d) { ModuleVm(d, {.vm_ring_entries = 1U << 17}); }},
+        BadCall{"VM ring of zero entries", EINVAL,
+                [](const Device& d) { ModuleVm(d, {.vm_ring_entries = 0}); }},
+        BadCall{"65 vCPUs", EINVAL,
+                [](const Device& d) {
+                    ModuleVm(d, {.vcpu_ring_entries = 128, .vm_ring_entries = 128, .vcpus = 65});
+                }},
+        BadCall{"slot id past the last", EINVAL,
+                [](const Device& d) { small_vm(d).add_slot(ModuleVm::kMaxSlots, 1); }},
+        BadCall{"slot of zero pages", EINVAL, [](const Device& d) { small_vm(d).add_slot(0, 0); }},
+        BadCall{"slot larger than the module's maximum", EINVAL,
+                [](const Device& d) { small_vm(d).add_slot(0, ModuleVm::kMaxSlotPages + 1); }},
+        BadCall{"slot larger than max_pinned_mb", ENOSPC,
+                [](const Device& d) { small_vm(d).add_slot(0, ModuleVm::kMaxSlotPages / 2); }},
+        BadCall{"slot id in use", EEXIST,
+                [](const Device& d) {
+                    auto vm = small_vm(d);
+                    vm.add_slot(1, 1);
+                    vm.add_slot(1, 1);
+                }},
+        BadCall{"memory of a slot never added", EINVAL,
+                [](const Device& d) {
+                    auto vm = small_vm(d);
+                    vm.add_slot(1, 1);
+                    (void)vm.slot_memory(2);
+                }},
+        BadCall{"memory of slot id past the last", EINVAL,
+                [](const Device& d) { (void)small_vm(d).slot_memory(~0U); }},
+        BadCall{"vCPU id in use", EEXIST, [](const Device& d) { small_vm(d).create_vcpu(0); }},
+        BadCall{"vCPU id past the last", EINVAL,
+                [](const Device& d) { small_vm(d).create_vcpu(ModuleVm::kMaxVcpus); }},
+        BadCall{"vCPU never created", EINVAL, [](const Device& d) { (void)small_vm(d).vcpu(1); }},
+        BadCall{"bind a vCPU twice from one thread", EALREADY,
+                [](const Device& d) {
+                    auto vm = small_vm(d);
+                    auto b = vm.vcpu(0).bind();
+                    auto again = vm.vcpu(0).bind();
+                }},
+        BadCall{"bind a second vCPU from one thread", EBUSY,
+                [](const Device& d) {
+                    auto vm = small_vm(d, 2);
+                    auto b = vm.vcpu(0).bind();
+                    auto other = vm.vcpu(1).bind();
+                }},
+        BadCall{"bind a vCPU another thread holds", EBUSY,
+                [](const Device& d) {
+                    auto vm = small_vm(d);
+                    auto b = vm.vcpu(0).bind();
+                    std::exception_ptr error;
+                    std::thread([&] {
+                        try {
+                            auto mine = vm.vcpu(0).bind();
+                        } catch (...) {
+                            error = std::current_exception();
+                        }
+                    }).join();
+                    if (error) std::rethrow_exception(error);
+                }}),
+    [](const auto& param_info) { return "case" + std::to_string(param_info.index); });
+
+// --- lifetimes ------------------------------------------------------------------
+
+// A binding unbinds when it goes, whichever thread ends it, and outliving
+// its VM is harmless.
+TEST(ModuleVcpuBinding, UnbindsOnDestructionFromAnyThread) {
+    auto vm = std::make_unique<ModuleVm>(
+        Device::open(),
+        ModuleVm::Options{.vcpu_ring_entries = 128, .vm_ring_entries = 128, .vcpus = 1});
+    ModuleVcpu::Binding binding = vm->vcpu(0).bind();
+    EXPECT_TRUE(vm->vcpu(0).ring_status().bound);
+    std::thread([b = std::move(binding)]() mutable { b.reset(); }).join();
+    EXPECT_FALSE(vm->vcpu(0).ring_status().bound);
+    // Bindable again, by this thread; then the VM goes first.
+    binding = vm->vcpu(0).bind();
+    vm.reset();
+    binding.reset();
+}
+
+}  // namespace
