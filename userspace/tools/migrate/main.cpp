@@ -32,6 +32,7 @@
 #include "dirtyring/migration_destination.hpp"
 #include "dirtyring/migration_source.hpp"
 #include "kvm_workload.hpp"
+#include "module_workload.hpp"
 
 namespace {
 
@@ -40,6 +41,7 @@ using dirtyring::ChannelAddress;
 using dirtyring::Error;
 using dirtyring::Listener;
 using dirtyring::migrate::KvmWorkload;
+using dirtyring::migrate::ModuleWorkload;
 using dirtyring::migrate::WorkloadConfig;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
@@ -175,16 +177,37 @@ WorkloadConfig workload_config(const Args& a) {
     return c;
 }
 
-// The backend the source guest runs on.
+// The backend the source guest runs on: KVM where /dev/kvm works, else the
+// module where it is loaded.
 std::string choose_backend(const Args& a) {
     const auto kvm_missing = dirtyring::KvmGuest::unavailable_reason();
+    const bool module_loaded = ::access(dirtyring::Device::kDefaultPath, F_OK) == 0;
     if (a.backend == "kvm" && kvm_missing) throw Error(ENODEV, "--backend kvm: " + *kvm_missing);
-    if (a.backend == "module")
-        throw Error(ENOTSUP, "--backend module: not available in this build yet");
-    if (a.backend == "auto" && kvm_missing)
-        throw Error(ENODEV, "no backend: KVM is unusable (" + *kvm_missing +
-                                ") and the module backend is not available in this build yet");
-    return "kvm";
+    if (a.backend == "module" && !module_loaded)
+        throw Error(ENODEV, std::string("--backend module: ") + dirtyring::Device::kDefaultPath +
+                                " is missing (is dirtyring.ko loaded?)");
+    if (a.backend == "auto" && kvm_missing && !module_loaded)
+        throw Error(ENODEV, "no backend: KVM is unusable (" + *kvm_missing + ") and " +
+                                dirtyring::Device::kDefaultPath + " is missing");
+    if (a.backend == "auto") return kvm_missing ? "module" : "kvm";
+    return a.backend;
+}
+
+// The running source guest of either backend.
+struct SourceGuest {
+    std::unique_ptr<dirtyring::MigratableGuest> guest;
+    std::function<bool(std::chrono::milliseconds)> wait_first_pass;
+};
+
+SourceGuest make_source_guest(const std::string& backend, const WorkloadConfig& config) {
+    if (backend == "kvm") {
+        auto g = KvmWorkload::source(config);
+        auto* raw = g.get();
+        return {std::move(g), [raw](auto t) { return raw->wait_first_pass(t); }};
+    }
+    auto g = ModuleWorkload::source(config);
+    auto* raw = g.get();
+    return {std::move(g), [raw](auto t) { return raw->wait_first_pass(t); }};
 }
 
 std::string mib(double bytes) {
@@ -223,9 +246,9 @@ sigset_t block_cancel_signals() {
 int source_main(const Args& a, std::optional<Listener> own_listener, json* report_out = nullptr) {
     const sigset_t signals = block_cancel_signals();
     const std::string backend = choose_backend(a);
-    auto guest = KvmWorkload::source(workload_config(a));
+    auto [guest, wait_first_pass] = make_source_guest(backend, workload_config(a));
     guest->start();
-    if (!guest->wait_first_pass(10s)) {
+    if (!wait_first_pass(10s)) {
         if (auto e = guest->failure()) std::rethrow_exception(e);
         throw Error(ETIMEDOUT, "the guest did not write its working set once within 10 s");
     }
@@ -346,17 +369,32 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
 int dest_main(const Args& a, Listener listener) {
     Channel channel = listener.accept(std::chrono::milliseconds(60s));
     const WorkloadConfig config = workload_config(a);
-    KvmWorkload* kvm = nullptr;
+    // Counters of each vCPU at the switch-over and now, whatever the kind.
+    std::function<std::pair<std::uint64_t, std::uint64_t>(unsigned)> counters;
     dirtyring::MigrationDestination destination(
         channel,
         [&](std::uint32_t kind, std::byte* memory, std::uint64_t pages,
             unsigned vcpus) -> std::unique_ptr<dirtyring::MigratableGuest> {
-            if (kind != dirtyring::migrate::kGuestKvm)
-                throw Error(EPROTO, "the stream carries a guest of kind " + std::to_string(kind) +
-                                        ", which this destination cannot run");
-            auto guest = KvmWorkload::destination(config, memory, pages, vcpus);
-            kvm = guest.get();
-            return guest;
+            if (kind == dirtyring::migrate::kGuestKvm) {
+                auto guest = KvmWorkload::destination(config, memory, pages, vcpus);
+                auto* raw = guest.get();
+                counters = [raw](unsigned i) {
+                    return std::pair<std::uint64_t, std::uint64_t>(raw->restored_value(i),
+                                                                   raw->next_value(i));
+                };
+                return guest;
+            }
+            if (kind == dirtyring::migrate::kGuestThreads) {
+                auto guest = ModuleWorkload::destination(config, memory, pages, vcpus);
+                auto* raw = guest.get();
+                counters = [raw](unsigned i) {
+                    return std::pair<std::uint64_t, std::uint64_t>(raw->restored_value(i),
+                                                                   raw->next_value(i));
+                };
+                return guest;
+            }
+            throw Error(EPROTO, "the stream carries a guest of kind " + std::to_string(kind) +
+                                    ", which this destination cannot run");
         });
     dirtyring::DestinationReport r;
     try {
@@ -404,11 +442,11 @@ int dest_main(const Args& a, Listener listener) {
     json vcpus = json::array();
     bool continued = true;
     for (unsigned i = 0; i < guest.vcpus(); ++i) {
-        const std::uint32_t from = kvm->restored_value(i);
-        const std::uint32_t to = kvm->next_value(i);
+        const auto [from, to] = counters(i);
         continued &= to > from;
-        std::printf("destination: vCPU %u continues: counter %u -> %u (%u writes here)\n", i, from,
-                    to, to - from);
+        std::printf("destination: vCPU %u continues: counter %llu -> %llu (%llu writes here)\n", i,
+                    static_cast<unsigned long long>(from), static_cast<unsigned long long>(to),
+                    static_cast<unsigned long long>(to - from));
         vcpus.push_back({{"vcpu", i}, {"counter_at_switchover", from}, {"counter_now", to}});
     }
     std::fflush(stdout);
