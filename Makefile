@@ -65,7 +65,7 @@ lint: linux-source
 	@scripts/lint.sh $(LINUX_SOURCE) | grep -v '^PASS' || echo "lint: clean"
 
 demo: all
-	selftests/qemu/run --demo --with-kvm --workdir $(BUILD)/demo $$(scripts/guest-tests.sh)
+	@scripts/demo.sh
 
 bench: all
 	@scripts/bench.sh

@@ -123,7 +123,7 @@ std::uint64_t MigrationSource::send_dirty(StreamWriter& writer, const ReturnPath
             const auto bit = static_cast<std::uint64_t>(std::countr_zero(migration_[w]));
             migration_[w] &= migration_[w] - 1;
             const std::uint64_t page = w * 64 + bit;
-            writer.page(page, memory + page * kStreamPageSize);
+            sent_->set(page, writer.page(page, memory + page * kStreamPageSize));
             if (++sent % 256 == 0) check_cancel_and_failures(rp);
         }
     }
@@ -138,7 +138,6 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
     const auto stop = Clock::now();
     guest_.stop();
     guest_.harvest_into(migration_);
-    report.digest = MemoryDigest::of(guest_.memory(), guest_.pages()).digest();
 
     // Pages the destination holds stale copies of: it discards them, so
     // that its vCPUs fault on them and request them.
@@ -163,7 +162,7 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
         if (auto page = rp.pop_request()) {
             ++report.postcopy_requests;
             if (take_bit(migration_, *page)) {
-                writer.page(*page, memory + *page * kStreamPageSize);
+                sent_->set(*page, writer.page(*page, memory + *page * kStreamPageSize));
                 writer.flush();
             }
             continue;
@@ -172,9 +171,10 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
             ++cursor;
         if (cursor == guest_.pages()) break;
         take_bit(migration_, cursor);
-        writer.page(cursor, memory + cursor * kStreamPageSize);
+        sent_->set(cursor, writer.page(cursor, memory + cursor * kStreamPageSize));
         if (rp.requests_pending()) writer.flush();
     }
+    report.digest = sent_->digest();
     writer.end(report.digest);
 }
 
@@ -202,6 +202,7 @@ SourceReport MigrationSource::run() {
         writer.header(pages, guest_.vcpus(), guest_.kind());
         // Start a clean dirty cycle, then send everything once.
         migration_.assign((pages + 63) / 64, 0);
+        sent_.emplace(pages);
         guest_.harvest_into(migration_);
         migration_.assign((pages + 63) / 64, ~0ULL);
         if (pages % 64) migration_.back() = (1ULL << (pages % 64)) - 1;
@@ -257,7 +258,7 @@ SourceReport MigrationSource::run() {
             guest_.harvest_into(migration_);
             send_dirty(writer, rp);
             send_vcpus(writer);
-            report.digest = MemoryDigest::of(guest_.memory(), pages).digest();
+            report.digest = sent_->digest();
             // Until the destination confirms, the guest is still the source's.
             writer.end(report.digest);
             const std::uint64_t theirs = rp.wait_done();
@@ -269,6 +270,15 @@ SourceReport MigrationSource::run() {
             if (theirs != report.digest)
                 throw Error(EIO, "the destination's memory digest differs from the source's");
         }
+        // The proof, off the downtime's path: the stopped source's memory is
+        // what it sent last of every page.  A difference is a write the
+        // dirty tracking missed.
+        const MemoryDigest actual = MemoryDigest::of(guest_.memory(), pages);
+        const std::uint64_t diff = actual.first_difference(*sent_);
+        if (diff != pages)
+            throw Error(EIO, "page " + std::to_string(diff) +
+                                 " of the stopped source differs from what was sent last: a write "
+                                 "the dirty tracking missed; the destination's copy is stale");
     } catch (const Error& e) {
         if (!guest_left) {
             // Precopy or cancel: the source guest goes on as if nothing happened.

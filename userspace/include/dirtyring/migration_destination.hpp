@@ -1,7 +1,9 @@
 // The destination side of a live migration: receives the stream into
-// ordinary anonymous memory, checks every page's hash and the digest of the
-// whole memory against the source's, then restores the vCPUs and starts the
-// guest (built by the caller's factory, of the kind the stream names).
+// ordinary anonymous memory, checks every page's hash on arrival and that
+// the hashes of the last version of every page add up to the source's digest
+// of its memory at the stop (MemoryDigest), then restores the vCPUs and
+// starts the guest (built by the caller's factory, of the kind the stream
+// names).  The source checks that digest against its stopped memory itself.
 //
 // Postcopy: on the source's Postcopy record it discards the pages the source
 // still has dirty, registers the memory with userfaultfd (Postcopy), starts

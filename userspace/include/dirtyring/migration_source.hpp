@@ -15,11 +15,13 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "dirtyring/channel.hpp"
 #include "dirtyring/migratable_guest.hpp"
+#include "dirtyring/migration_stream.hpp"
 
 namespace dirtyring {
 
@@ -54,7 +56,9 @@ struct SourceReport {
     std::uint64_t zero_pages = 0;
     std::uint64_t bytes_sent = 0;
     std::uint64_t postcopy_requests = 0;
-    std::uint64_t digest = 0;  // of the memory at the stop
+    // Of the memory at the stop, as sent; checked after the migration against
+    // the stopped source's memory itself.
+    std::uint64_t digest = 0;
 };
 
 class MigrationSource {
@@ -81,6 +85,7 @@ private:
     Progress progress_;
     std::atomic<bool> cancelled_{false};
     std::vector<std::uint64_t> migration_;  // pages still to send, one bit each
+    std::optional<MemoryDigest> sent_;      // hash of what was sent last of each page
 };
 
 }  // namespace dirtyring

@@ -62,14 +62,15 @@ struct Args {
     unsigned vcpus = 2;
     std::uint64_t memory_mib = 64;
     std::uint64_t working_set_mib = 16;
-    std::uint64_t dirty_rate = 20000;  // pages/s
-    std::uint64_t bandwidth_mib = 256;
-    std::uint64_t downtime_ms = 50;
+    std::optional<std::uint64_t> dirty_rate;  // pages/s; default per backend
+    std::uint64_t bandwidth_mib = 128;
+    std::uint64_t downtime_ms = 30;
     unsigned max_rounds = 30;
     bool postcopy = false;
     std::string json_path;
     std::uint64_t run_after_ms = 500;
     std::string json_internal;  // run mode: where the forked destination writes its report
+    bool print_backend = false;
 };
 
 const char* kUsage =
@@ -86,14 +87,16 @@ const char* kUsage =
     "  --vcpus N            vCPUs (1..64, default 2)\n"
     "  --memory MIB         guest memory (default 64)\n"
     "  --working-set MIB    memory the guest keeps rewriting (default 16)\n"
-    "  --dirty-rate N       page writes per second, all vCPUs (default 20000; 0: flat out)\n"
-    "  --bandwidth MIB      bandwidth limit in MiB/s (default 256; 0: none)\n"
-    "  --downtime-limit MS  switch over when the expected downtime is under it (default 50)\n"
+    "  --dirty-rate N       page writes per second, all vCPUs (0: flat out; default 20000\n"
+    "                       with kvm, 4000 with module: threads, often under emulation)\n"
+    "  --bandwidth MIB      bandwidth limit in MiB/s (default 128; 0: none)\n"
+    "  --downtime-limit MS  switch over when the expected downtime is under it (default 30)\n"
     "  --max-rounds N       precopy rounds before postcopy (default 30)\n"
     "  --postcopy           switch to postcopy after the first round\n"
     "  --run-after MS       how long the destination runs the guest before it reports\n"
     "                       (default 500)\n"
-    "  --json FILE          write the final report as JSON to FILE ('-': stdout)\n";
+    "  --json FILE          write the final report as JSON to FILE ('-': stdout)\n"
+    "  --print-backend      print the backend --backend chooses here, and exit\n";
 
 std::uint64_t number(const std::string& option, const std::string& text, std::uint64_t min,
                      std::uint64_t max) {
@@ -119,6 +122,10 @@ Args parse(int argc, char** argv) {
             continue;
         }
         if (opt == "-h" || opt == "--help") throw UsageError("");
+        if (opt == "--print-backend") {
+            a.print_backend = true;
+            continue;
+        }
         if (i + 1 >= argc) throw UsageError(opt + ": needs a value, or is unknown");
         const std::string v = argv[++i];
         if (opt == "--backend") {
@@ -168,12 +175,12 @@ Args parse(int argc, char** argv) {
     return a;
 }
 
-WorkloadConfig workload_config(const Args& a) {
+WorkloadConfig workload_config(const Args& a, const std::string& backend) {
     WorkloadConfig c;
     c.vcpus = a.vcpus;
     c.memory_bytes = a.memory_mib << 20;
     c.working_set_pages = (a.working_set_mib << 20) / dirtyring::KvmGuest::kPageSize;
-    c.dirty_rate = a.dirty_rate;
+    c.dirty_rate = a.dirty_rate.value_or(backend == "module" ? 4000 : 20000);
     return c;
 }
 
@@ -246,7 +253,7 @@ sigset_t block_cancel_signals() {
 int source_main(const Args& a, std::optional<Listener> own_listener, json* report_out = nullptr) {
     const sigset_t signals = block_cancel_signals();
     const std::string backend = choose_backend(a);
-    auto [guest, wait_first_pass] = make_source_guest(backend, workload_config(a));
+    auto [guest, wait_first_pass] = make_source_guest(backend, workload_config(a, backend));
     guest->start();
     if (!wait_first_pass(10s)) {
         if (auto e = guest->failure()) std::rethrow_exception(e);
@@ -263,8 +270,9 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
     json rounds = json::array();
     std::cout << "source: " << backend << " guest, " << a.vcpus << " vCPUs, "
               << mib(static_cast<double>(a.memory_mib << 20)) << ", rewriting "
-              << mib(static_cast<double>(a.working_set_mib << 20)) << " at " << a.dirty_rate
-              << " pages/s; migrating to " << a.address << std::endl;
+              << mib(static_cast<double>(a.working_set_mib << 20)) << " at "
+              << workload_config(a, backend).dirty_rate << " pages/s; migrating to " << a.address
+              << std::endl;
     dirtyring::MigrationSource source(
         *guest, channel, options, [&](const dirtyring::RoundProgress& p) {
             std::printf(
@@ -368,7 +376,6 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
 
 int dest_main(const Args& a, Listener listener) {
     Channel channel = listener.accept(std::chrono::milliseconds(60s));
-    const WorkloadConfig config = workload_config(a);
     // Counters of each vCPU at the switch-over and now, whatever the kind.
     std::function<std::pair<std::uint64_t, std::uint64_t>(unsigned)> counters;
     dirtyring::MigrationDestination destination(
@@ -376,7 +383,8 @@ int dest_main(const Args& a, Listener listener) {
         [&](std::uint32_t kind, std::byte* memory, std::uint64_t pages,
             unsigned vcpus) -> std::unique_ptr<dirtyring::MigratableGuest> {
             if (kind == dirtyring::migrate::kGuestKvm) {
-                auto guest = KvmWorkload::destination(config, memory, pages, vcpus);
+                auto guest =
+                    KvmWorkload::destination(workload_config(a, "kvm"), memory, pages, vcpus);
                 auto* raw = guest.get();
                 counters = [raw](unsigned i) {
                     return std::pair<std::uint64_t, std::uint64_t>(raw->restored_value(i),
@@ -385,7 +393,8 @@ int dest_main(const Args& a, Listener listener) {
                 return guest;
             }
             if (kind == dirtyring::migrate::kGuestThreads) {
-                auto guest = ModuleWorkload::destination(config, memory, pages, vcpus);
+                auto guest =
+                    ModuleWorkload::destination(workload_config(a, "module"), memory, pages, vcpus);
                 auto* raw = guest.get();
                 counters = [raw](unsigned i) {
                     return std::pair<std::uint64_t, std::uint64_t>(raw->restored_value(i),
@@ -531,6 +540,10 @@ int main(int argc, char** argv) {
         return *e.what() ? kExitUsage : 0;
     }
     try {
+        if (args.print_backend) {
+            std::cout << choose_backend(args) << "\n";
+            return 0;
+        }
         if (args.mode == "source") return source_main(args, std::nullopt);
         if (args.mode == "dest") {
             Listener listener(ChannelAddress::parse(args.address));
