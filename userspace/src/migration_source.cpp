@@ -16,6 +16,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kDoneTimeout = std::chrono::seconds(60);
+constexpr std::uint64_t kPostcopyBatch = 8;
 
 bool take_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
     auto& word = bits[page / 64];
@@ -157,6 +158,7 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
     // Requested pages first, the rest behind them.
     const std::byte* memory = guest_.memory();
     std::uint64_t cursor = 0;
+    std::uint64_t background = 0;
     for (;;) {
         rp.check();
         if (auto page = rp.pop_request()) {
@@ -172,7 +174,9 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
         if (cursor == guest_.pages()) break;
         take_bit(migration_, cursor);
         sent_->set(cursor, writer.page(cursor, memory + cursor * kStreamPageSize));
-        if (rp.requests_pending()) writer.flush();
+        // Small batches: a requested page never queues behind more than a
+        // few background pages in the (rate-limited) channel.
+        if (++background % kPostcopyBatch == 0 || rp.requests_pending()) writer.flush();
     }
     report.digest = sent_->digest();
     writer.end(report.digest);
