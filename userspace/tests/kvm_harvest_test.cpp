@@ -13,6 +13,7 @@
 #include "dirtyring/error.hpp"
 #include "dirtyring/harvester.hpp"
 #include "dirtyring/kvm_guest.hpp"
+#include "harvested_pages.hpp"
 
 namespace {
 
@@ -28,25 +29,7 @@ constexpr std::uint64_t kMemory = 16 << 20;  // 4096 pages
         if (auto why = KvmGuest::unavailable_reason()) GTEST_SKIP() << *why; \
     } while (0)
 
-// Thread-safe record of harvested pages.
-class Seen {
-public:
-    void add(std::span<const DirtyPage> pages) {
-        std::lock_guard lock(mutex_);
-        for (const auto& p : pages) {
-            EXPECT_EQ(0U, p.slot);
-            ++count_[p.offset];
-        }
-    }
-    std::map<std::uint64_t, int> counts() {
-        std::lock_guard lock(mutex_);
-        return count_;
-    }
-
-private:
-    std::mutex mutex_;
-    std::map<std::uint64_t, int> count_;
-};
+using Seen = dirtyring::testing_support::HarvestedPages;
 
 class KvmHarvest : public testing::TestWithParam<unsigned> {};
 

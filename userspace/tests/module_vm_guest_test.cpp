@@ -18,6 +18,7 @@
 #include "dirtyring/error.hpp"
 #include "dirtyring/harvester.hpp"
 #include "dirtyring/module_vm.hpp"
+#include "harvested_pages.hpp"
 
 namespace {
 
@@ -42,25 +43,7 @@ std::uint64_t read_word(std::span<std::uint8_t> memory, std::uint64_t page, unsi
     return std::atomic_ref<std::uint64_t>(*p).load(std::memory_order_relaxed);
 }
 
-// Harvested pages, counted; thread-safe.
-class Seen {
-public:
-    void add(std::span<const DirtyPage> pages) {
-        std::lock_guard lock(mutex_);
-        for (const auto& p : pages) {
-            EXPECT_EQ(0U, p.slot);
-            ++count_[p.offset];
-        }
-    }
-    std::map<std::uint64_t, int> counts() {
-        std::lock_guard lock(mutex_);
-        return count_;
-    }
-
-private:
-    std::mutex mutex_;
-    std::map<std::uint64_t, int> count_;
-};
+using Seen = dirtyring::testing_support::HarvestedPages;
 
 // Every page in [0, pages) harvested, none twice but the pages whose write
 // waited at the soft limit: that write's fault logged the page, the wait

@@ -206,15 +206,16 @@ struct SourceGuest {
     std::function<bool(std::chrono::milliseconds)> wait_first_pass;
 };
 
+template <typename Workload>
+SourceGuest adopt_source(std::unique_ptr<Workload> guest) {
+    auto* raw = guest.get();
+    return {std::move(guest),
+            [raw](std::chrono::milliseconds t) { return raw->wait_first_pass(t); }};
+}
+
 SourceGuest make_source_guest(const std::string& backend, const WorkloadConfig& config) {
-    if (backend == "kvm") {
-        auto g = KvmWorkload::source(config);
-        auto* raw = g.get();
-        return {std::move(g), [raw](auto t) { return raw->wait_first_pass(t); }};
-    }
-    auto g = ModuleWorkload::source(config);
-    auto* raw = g.get();
-    return {std::move(g), [raw](auto t) { return raw->wait_first_pass(t); }};
+    if (backend == "kvm") return adopt_source(KvmWorkload::source(config));
+    return adopt_source(ModuleWorkload::source(config));
 }
 
 std::string mib(double bytes) {
@@ -382,26 +383,20 @@ int dest_main(const Args& a, Listener listener) {
         channel,
         [&](std::uint32_t kind, std::byte* memory, std::uint64_t pages,
             unsigned vcpus) -> std::unique_ptr<dirtyring::MigratableGuest> {
-            if (kind == dirtyring::migrate::kGuestKvm) {
-                auto guest =
-                    KvmWorkload::destination(workload_config(a, "kvm"), memory, pages, vcpus);
+            const auto adopt = [&](auto guest) -> std::unique_ptr<dirtyring::MigratableGuest> {
                 auto* raw = guest.get();
                 counters = [raw](unsigned i) {
                     return std::pair<std::uint64_t, std::uint64_t>(raw->restored_value(i),
                                                                    raw->next_value(i));
                 };
                 return guest;
-            }
-            if (kind == dirtyring::migrate::kGuestThreads) {
-                auto guest =
-                    ModuleWorkload::destination(workload_config(a, "module"), memory, pages, vcpus);
-                auto* raw = guest.get();
-                counters = [raw](unsigned i) {
-                    return std::pair<std::uint64_t, std::uint64_t>(raw->restored_value(i),
-                                                                   raw->next_value(i));
-                };
-                return guest;
-            }
+            };
+            if (kind == dirtyring::migrate::kGuestKvm)
+                return adopt(
+                    KvmWorkload::destination(workload_config(a, "kvm"), memory, pages, vcpus));
+            if (kind == dirtyring::migrate::kGuestThreads)
+                return adopt(ModuleWorkload::destination(workload_config(a, "module"), memory,
+                                                         pages, vcpus));
             throw Error(EPROTO, "the stream carries a guest of kind " + std::to_string(kind) +
                                     ", which this destination cannot run");
         });
