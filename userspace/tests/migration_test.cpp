@@ -465,15 +465,20 @@ TEST(MigrationFailure, ConnectionBrokenMidPostcopyEndsBothSidesWithoutAHang) {
     EXPECT_NE(nullptr, d.guest);
 }
 
+// A hand-written source: a header and one page, then what the test says.
+void header_and_one_page(StreamWriter& w) {
+    w.header(64, 1, 1);
+    const auto data = page_of(5);
+    w.page(1, data.data());
+}
+
 TEST(MigrationFailure, SourceGoneMidStreamEndsTheDestinationCleanly) {
     auto [src, dst] = channel_pair();
     Destination d;
     MigrationDestination destination(dst, d.factory());
     auto received = std::async(std::launch::async, [&] { return destination.run(); });
     StreamWriter w(src);
-    w.header(64, 1, 1);
-    const auto data = page_of(5);
-    w.page(1, data.data());
+    header_and_one_page(w);
     w.flush();
     src.shutdown();
     std::string message;
@@ -487,9 +492,7 @@ TEST(MigrationFailure, EndWithTheWrongDigestIsRefusedAndTheSourceIsTold) {
     MigrationDestination destination(dst, d.factory());
     auto received = std::async(std::launch::async, [&] { return destination.run(); });
     StreamWriter w(src);
-    w.header(64, 1, 1);
-    const auto data = page_of(5);
-    w.page(1, data.data());
+    header_and_one_page(w);
     w.end(12345);
     std::string message;
     EXPECT_EQ(EIO, errno_of([&] { received.get(); }, &message)) << message;
