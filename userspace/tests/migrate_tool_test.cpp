@@ -155,6 +155,38 @@ ToolRun kill_one(bool kill_source) {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+TEST(MigrateTool, SigintCancelsAndTheSourceGuestKeepsRunning) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    int pipefd[2];
+    ASSERT_EQ(0, ::pipe(pipefd));
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::dup2(pipefd[1], 1);
+        ::dup2(pipefd[1], 2);
+        // Never converges: still in precopy when the signal comes.
+        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "--bandwidth", "4", "--downtime-limit", "1",
+                "--max-rounds", "10000", nullptr);
+        ::_exit(127);
+    }
+    ::close(pipefd[1]);
+    std::this_thread::sleep_for(1500ms);
+    ::kill(pid, SIGINT);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    std::string out;
+    std::array<char, 4096> buf{};
+    ssize_t n;
+    while ((n = ::read(pipefd[0], buf.data(), buf.size())) > 0)
+        out.append(buf.data(), static_cast<std::size_t>(n));
+    ::close(pipefd[0]);
+    ASSERT_TRUE(WIFEXITED(status)) << out;
+    EXPECT_EQ(130, WEXITSTATUS(status)) << out;
+    EXPECT_NE(std::string::npos, out.find("source: cancelling the migration")) << out;
+    EXPECT_NE(std::string::npos, out.find("the guest keeps running on the source")) << out;
+    EXPECT_NE(std::string::npos, out.find("destination: migration failed: the source cancelled"))
+        << out;
+}
+
 TEST(MigrateTool, KilledDestinationLeavesTheSourceGuestRunning) {
     if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
     const ToolRun r = kill_one(false);

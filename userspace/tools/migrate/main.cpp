@@ -492,6 +492,9 @@ int run_main(Args a) {
     const pid_t child = ::fork();
     if (child < 0) dirtyring::throw_errno("fork");
     if (child == 0) {
+        // Ctrl-C reaches the whole process group: the source cancels and
+        // tells this side, which must not die of it first.
+        ::signal(SIGINT, SIG_IGN);
         int code = kExitFailed;
         try {
             code = dest_main(a, std::move(listener));
