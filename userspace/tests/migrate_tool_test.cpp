@@ -3,6 +3,7 @@
 // process ends the other with a clear error.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,6 +38,11 @@ ToolRun run_tool(const std::string& args) {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// In a forked child: a test killed midway (timeout) takes its tools along.
+void die_with_the_test() {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
 struct BadArgs {
     const char* name;
     const char* args;
@@ -69,6 +75,7 @@ TEST(MigrateTool, AddressInUseIsAUsageError) {
     const std::string path = "/tmp/dirtyring-migrate-test." + std::to_string(::getpid());
     const pid_t dest = ::fork();
     if (dest == 0) {
+        die_with_the_test();
         ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "dest", "--listen", ("unix:" + path).c_str(),
                 nullptr);
         ::_exit(127);
@@ -129,6 +136,7 @@ ToolRun kill_one(bool kill_source) {
     const auto spawn = [&](const std::string& args) {
         const pid_t pid = ::fork();
         if (pid == 0) {
+            die_with_the_test();
             ::dup2(pipefd[1], 1);
             ::dup2(pipefd[1], 2);
             ::execl("/bin/sh", "sh", "-c",
@@ -161,6 +169,7 @@ TEST(MigrateTool, SigintCancelsAndTheSourceGuestKeepsRunning) {
     ASSERT_EQ(0, ::pipe(pipefd));
     const pid_t pid = ::fork();
     if (pid == 0) {
+        die_with_the_test();
         ::dup2(pipefd[1], 1);
         ::dup2(pipefd[1], 2);
         // Never converges: still in precopy when the signal comes.
