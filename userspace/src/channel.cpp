@@ -234,7 +234,7 @@ void Channel::write(std::span<const std::byte> bytes) {
         return;
     }
     const std::span<std::byte> room = reserve_locked(bytes.size());
-    std::memcpy(room.data(), bytes.data(), bytes.size());
+    if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
     commit_locked(bytes.size());
 }
 
@@ -251,7 +251,8 @@ void Channel::write_now(std::span<const std::byte> bytes) {
         return;
     }
     const std::span<std::byte> room = reserve_locked(bytes.size());
-    std::memcpy(room.data(), bytes.data(), bytes.size());
+    // An empty record (Cancel) has no data pointer: memcpy must not see it.
+    if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
     write_used_ += bytes.size();
     flush_locked();
 }
