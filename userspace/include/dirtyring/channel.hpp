@@ -11,9 +11,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dirtyring/unique_fd.hpp"
@@ -57,6 +59,9 @@ private:
 
 class Channel {
 public:
+    // What a write is buffered up to, and what one recv() reads at most.
+    static constexpr std::size_t kBufferBytes = 256 << 10;
+
     explicit Channel(UniqueFd fd);
     // Connects, retrying while the peer is not listening yet, for at most
     // `timeout`.
@@ -78,10 +83,20 @@ public:
     void flush();
     // write() then flush(), in one lock: for records that must not wait.
     void write_now(std::span<const std::byte> bytes);
+    // Builds up to `max_bytes` (at most kBufferBytes) straight in the write
+    // buffer, under the write lock: fill(std::span<std::byte> room) writes
+    // its bytes at the start of `room` and returns how many it wrote.  What
+    // is sent is then exactly what fill() left there, with no second copy
+    // (a page snapshot is taken into the buffer itself).
+    template <typename Fill>
+    void write_in_place(std::size_t max_bytes, Fill&& fill);
 
     // Fills `out` completely; throws Error(ECONNRESET, "... closed ...") at
     // end of stream, naming how many bytes were missing.
     void read(std::span<std::byte> out);
+    // read() of `n` bytes (at most kBufferBytes), returned where they lie in
+    // the read buffer instead of copied: valid until the next read.
+    std::span<const std::byte> read_in_place(std::size_t n);
     // Waits at most `timeout` for something to read; false on timeout.
     bool wait_readable(std::chrono::milliseconds timeout);
 
@@ -93,11 +108,19 @@ public:
 
 private:
     void flush_locked();
+    void send_locked(std::span<const std::byte> bytes);
     void throttle_locked(std::size_t bytes);
+    std::span<std::byte> reserve_locked(std::size_t bytes);
+    void commit_locked(std::size_t bytes);
+    // Receives at least `wanted` more bytes after read_end_; `missing` and
+    // `record` name the shortfall if the connection ends first.
+    void receive_locked(std::size_t wanted, std::size_t missing, std::size_t record);
 
     UniqueFd fd_;
     mutable std::mutex write_mutex_;
-    std::vector<std::byte> write_buffer_;
+    // Not a vector: reserve_locked() hands out room without zeroing it.
+    std::unique_ptr<std::byte[]> write_buffer_;
+    std::size_t write_used_ = 0;
     std::uint64_t bytes_written_ = 0;
     std::uint64_t limit_ = 0;
     std::uint64_t limited_bytes_ = 0;
@@ -109,5 +132,12 @@ private:
     std::size_t read_end_ = 0;
     std::uint64_t bytes_read_ = 0;
 };
+
+template <typename Fill>
+void Channel::write_in_place(std::size_t max_bytes, Fill&& fill) {
+    std::lock_guard lock(write_mutex_);
+    const std::span<std::byte> room = reserve_locked(max_bytes);
+    commit_locked(std::forward<Fill>(fill)(room));
+}
 
 }  // namespace dirtyring

@@ -90,7 +90,7 @@ private:
 
 class StreamWriter {
 public:
-    explicit StreamWriter(Channel& channel) : channel_(channel), snapshot_(kStreamPageSize) {}
+    explicit StreamWriter(Channel& channel) : channel_(channel) {}
 
     void header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest);
     // Sends the page as a ZeroPage when it is all zeros; returns the hash of
@@ -114,7 +114,6 @@ private:
     void record(RecordType type, std::span<const std::byte> payload, bool now);
 
     Channel& channel_;
-    std::vector<std::byte> snapshot_;
     std::uint64_t zero_pages_ = 0;
     std::uint64_t data_pages_ = 0;
 };
@@ -122,14 +121,16 @@ private:
 // One record as read, valid until the next read.
 struct Record {
     RecordType type;
-    std::uint64_t index = 0;          // Page, ZeroPage, Request; vCPU for VcpuState
-    std::uint64_t hash = 0;           // Page, ZeroPage: verified
-    const std::byte* data = nullptr;  // Page: kStreamPageSize bytes
-    std::uint64_t value = 0;          // RoundEnd: round; End, Done: digest
-    std::uint64_t count = 0;          // RoundEnd: pages
-    std::vector<std::byte> state;     // VcpuState
-    std::vector<PageRun> runs;        // Postcopy
-    std::string message;              // Failed
+    std::uint64_t index = 0;  // Page, ZeroPage, Request; vCPU for VcpuState
+    std::uint64_t hash = 0;   // Page, ZeroPage: verified
+    // Page: kStreamPageSize bytes, in the Channel's read buffer (not copied):
+    // valid until the next read from that Channel.
+    const std::byte* data = nullptr;
+    std::uint64_t value = 0;       // RoundEnd: round; End, Done: digest
+    std::uint64_t count = 0;       // RoundEnd: pages
+    std::vector<std::byte> state;  // VcpuState
+    std::vector<PageRun> runs;     // Postcopy
+    std::string message;           // Failed
 };
 
 class StreamReader {
@@ -137,7 +138,7 @@ public:
     // pages: the memory size the reader accepts page indices for (set from
     // the header by a destination).
     explicit StreamReader(Channel& channel, std::uint64_t pages = 0)
-        : channel_(channel), pages_(pages), page_(kStreamPageSize) {}
+        : channel_(channel), pages_(pages) {}
 
     // Reads and checks the source's header; sets pages().
     StreamHeader header(std::uint64_t max_pages, std::uint32_t max_vcpus);
@@ -150,7 +151,6 @@ public:
 private:
     Channel& channel_;
     std::uint64_t pages_;
-    std::vector<std::byte> page_;
     Record record_;
 };
 

@@ -24,6 +24,10 @@ void check_config(const WorkloadConfig& c) {
         throw Error(EINVAL, "KVM guest: a working set of " + std::to_string(c.working_set_pages) +
                                 " pages (" + std::to_string(c.vcpus) + ".." +
                                 std::to_string(data_pages) + ")");
+    if (c.stride == 0 || c.working_set_pages * c.stride > data_pages)
+        throw Error(EINVAL, "KVM guest: a working set of " + std::to_string(c.working_set_pages) +
+                                " pages at a stride of " + std::to_string(c.stride) +
+                                " does not fit in " + std::to_string(data_pages) + " pages");
 }
 
 }  // namespace
@@ -45,10 +49,10 @@ std::unique_ptr<KvmWorkload> KvmWorkload::source(const WorkloadConfig& config) {
                                                               .ring_entries = config.ring_entries});
     const std::uint64_t share = config.working_set_pages / config.vcpus;
     for (unsigned i = 0; i < config.vcpus; ++i)
-        guest->set_program(
-            i, GuestProgram{static_cast<std::uint32_t>(share),
-                            static_cast<std::uint32_t>(KvmGuest::kFirstDataPage + i * share), 1,
-                            kExitEvery});
+        guest->set_program(i, GuestProgram{static_cast<std::uint32_t>(share),
+                                           static_cast<std::uint32_t>(KvmGuest::kFirstDataPage +
+                                                                      i * share * config.stride),
+                                           config.stride, kExitEvery});
     auto w = std::make_unique<KvmWorkload>(config, std::move(guest));
     w->bitmap_ = std::make_unique<DirtyBitmap>(w->pages());
     w->harvester_ = std::make_unique<Harvester>(w->guest_->dirty_rings());

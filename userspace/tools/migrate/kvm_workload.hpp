@@ -30,6 +30,11 @@ struct WorkloadConfig {
     std::uint64_t working_set_pages = 4096;  // rewritten over and over, split among vCPUs
     std::uint64_t dirty_rate = 10000;        // page writes per second, all vCPUs; 0: flat out
     std::uint32_t ring_entries = 4096;
+    // Pages between a vCPU's consecutive writes: above 1, each vCPU's share
+    // is spread over `stride` times as much memory, so that no page it
+    // touches neighbours the previous one (a scattered touch order for
+    // postcopy; the guest program walks its pages in address order).
+    std::uint32_t stride = 1;
 };
 
 class KvmWorkload : public MigratableGuest {
