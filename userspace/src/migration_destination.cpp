@@ -107,7 +107,11 @@ DestinationReport MigrationDestination::receive() {
             case RecordType::ZeroPage:
                 if (postcopy)
                     postcopy->place_zero_page(memory + r.index * kStreamPageSize);
-                else
+                else if (received.get(r.index) != zero_page_hash())
+                    // Fresh anonymous memory reads as zeros: only a page that
+                    // held data is cleared.  Touching the others would fault
+                    // in all of memory, and a stream of zero pages (16 bytes
+                    // each) would leave this side far behind the source.
                     std::memset(memory + r.index * kStreamPageSize, 0, kStreamPageSize);
                 received.set(r.index, r.hash);
                 ++report.pages_received;

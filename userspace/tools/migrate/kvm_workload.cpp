@@ -8,6 +8,7 @@
 #include <string>
 
 #include "dirtyring/error.hpp"
+#include "pacer.hpp"
 
 namespace dirtyring::migrate {
 namespace {
@@ -89,11 +90,7 @@ std::exception_ptr KvmWorkload::failure() const {
 }
 
 void KvmWorkload::vcpu_loop(std::stop_token stop, unsigned vcpu) {
-    using Clock = std::chrono::steady_clock;
-    const double rate =
-        config_.dirty_rate ? static_cast<double>(config_.dirty_rate) / guest_->vcpus() : 0;
-    const auto start = Clock::now();
-    std::uint64_t written = 0;
+    Pacer pacer(static_cast<double>(config_.dirty_rate) / guest_->vcpus());
     int empty_full_exits = 0;
     const auto sink = [this](std::span<const DirtyPage> pages) { bitmap_->set_batch(pages); };
     try {
@@ -113,16 +110,12 @@ void KvmWorkload::vcpu_loop(std::stop_token stop, unsigned vcpu) {
                     continue;
                 case KvmGuest::Exit::Batch:
                     empty_full_exits = 0;
-                    written += kExitEvery;
                     writes_[vcpu].fetch_add(kExitEvery, std::memory_order_relaxed);
+                    pacer.wrote(kExitEvery, stop);
                     break;
                 case KvmGuest::Exit::Pass:
                     break;
             }
-            if (rate > 0)
-                std::this_thread::sleep_until(start +
-                                              std::chrono::nanoseconds(static_cast<std::int64_t>(
-                                                  static_cast<double>(written) / rate * 1e9)));
         }
     } catch (...) {
         std::lock_guard lock(failure_mutex_);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "dirtyring/error.hpp"
+#include "pacer.hpp"
 
 namespace dirtyring::migrate {
 namespace {
@@ -99,18 +100,14 @@ void ModuleWorkload::stop() {
 }
 
 void ModuleWorkload::writer_loop(std::stop_token stop, unsigned writer) {
-    using Clock = std::chrono::steady_clock;
     const bool io_thread = writer == config_.vcpus;
-    const double rate =
-        config_.dirty_rate ? static_cast<double>(config_.dirty_rate) / (config_.vcpus + 1) : 0;
+    Pacer pacer(static_cast<double>(config_.dirty_rate) / (config_.vcpus + 1));
     try {
         ModuleVcpu::Binding binding;
         if (vm_ && !io_thread) binding = vm_->vcpu(writer).bind();
         if (hook_ && !io_thread) hook_(writer, ::gettid());
         WriterState& s = state_[writer];
         const std::uint64_t first = writer * share();
-        const auto start = Clock::now();
-        std::uint64_t written = 0;
         while (!stop.stop_requested()) {
             for (std::uint64_t n = 0; n < kBatch; ++n) {
                 std::memcpy(memory_ + (first + s.position) * kPageSize, &s.counter,
@@ -118,12 +115,8 @@ void ModuleWorkload::writer_loop(std::stop_token stop, unsigned writer) {
                 ++s.counter;
                 s.position = (s.position + 1) % share();
             }
-            written += kBatch;
             writes_[writer].fetch_add(kBatch, std::memory_order_relaxed);
-            if (rate > 0)
-                std::this_thread::sleep_until(start +
-                                              std::chrono::nanoseconds(static_cast<std::int64_t>(
-                                                  static_cast<double>(written) / rate * 1e9)));
+            pacer.wrote(kBatch, stop);
         }
     } catch (...) {
         record_failure();
