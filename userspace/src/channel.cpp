@@ -225,8 +225,7 @@ void Channel::commit_locked(std::size_t bytes) {
     if (write_used_ >= kBufferBytes) flush_locked();
 }
 
-void Channel::write(std::span<const std::byte> bytes) {
-    std::lock_guard lock(write_mutex_);
+void Channel::append_locked(std::span<const std::byte> bytes) {
     if (bytes.size() >= kBufferBytes) {
         // Larger than the buffer: sent from where it is, after what is buffered.
         flush_locked();
@@ -234,8 +233,14 @@ void Channel::write(std::span<const std::byte> bytes) {
         return;
     }
     const std::span<std::byte> room = reserve_locked(bytes.size());
+    // An empty record (Cancel) has no data pointer: memcpy must not see it.
     if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
     commit_locked(bytes.size());
+}
+
+void Channel::write(std::span<const std::byte> bytes) {
+    std::lock_guard lock(write_mutex_);
+    append_locked(bytes);
 }
 
 void Channel::flush() {
@@ -245,15 +250,7 @@ void Channel::flush() {
 
 void Channel::write_now(std::span<const std::byte> bytes) {
     std::lock_guard lock(write_mutex_);
-    if (bytes.size() >= kBufferBytes) {
-        flush_locked();
-        send_locked(bytes);
-        return;
-    }
-    const std::span<std::byte> room = reserve_locked(bytes.size());
-    // An empty record (Cancel) has no data pointer: memcpy must not see it.
-    if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
-    write_used_ += bytes.size();
+    append_locked(bytes);
     flush_locked();
 }
 
@@ -313,20 +310,6 @@ std::span<const std::byte> Channel::read_in_place(std::size_t n) {
     const std::span<const std::byte> out(read_buffer_.data() + read_begin_, n);
     read_begin_ += n;
     return out;
-}
-
-bool Channel::wait_readable(std::chrono::milliseconds timeout) {
-    {
-        std::lock_guard lock(read_mutex_);
-        if (read_begin_ != read_end_) return true;
-    }
-    pollfd p{fd_.get(), POLLIN, 0};
-    int n;
-    do {
-        n = ::poll(&p, 1, static_cast<int>(timeout.count()));
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) throw_errno("poll on the migration connection");
-    return n > 0;
 }
 
 void Channel::shutdown() noexcept {

@@ -241,8 +241,9 @@ StreamHeader StreamReader::header(std::uint64_t max_pages, std::uint32_t max_vcp
     if (h.page_size != kStreamPageSize)
         throw Error(EPROTO, "migration stream of " + std::to_string(h.page_size) +
                                 "-byte pages, expected " + std::to_string(kStreamPageSize));
-    if (h.flags)
-        throw Error(EPROTO, "migration stream with unknown flags " + std::to_string(h.flags));
+    if (h.flags || h.reserved)
+        throw Error(EPROTO, "migration stream with unknown flags " + std::to_string(h.flags) +
+                                " or a non-zero reserved word");
     if (h.pages == 0 || h.pages > max_pages)
         throw Error(EPROTO, "migration stream of " + std::to_string(h.pages) +
                                 " pages (this destination takes 1.." + std::to_string(max_pages) +
@@ -301,7 +302,7 @@ const Record& StreamReader::next() {
             channel_.read(std::span(small).first(8));
             record_.index = take<std::uint64_t>(p);
             check_index(record_.index);
-            record_.hash = zero_page_hash();
+            if (type == RecordType::ZeroPage) record_.hash = zero_page_hash();
             break;
         case RecordType::RoundEnd:
             expect_length(16);

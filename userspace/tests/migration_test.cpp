@@ -132,7 +132,7 @@ void put(std::vector<std::byte>& out, const T& v) {
 
 std::vector<std::byte> header_bytes(std::uint32_t version = dirtyring::kStreamVersion,
                                     std::uint64_t pages = 16, std::uint32_t vcpus = 1,
-                                    const char* magic = "DRMIGRT") {
+                                    const char* magic = "DRMIGRT", std::uint32_t reserved = 0) {
     dirtyring::StreamHeader h{};
     std::memcpy(h.magic, magic, 8);
     h.version = version;
@@ -140,6 +140,7 @@ std::vector<std::byte> header_bytes(std::uint32_t version = dirtyring::kStreamVe
     h.pages = pages;
     h.vcpus = vcpus;
     h.guest = 1;
+    h.reserved = reserved;
     std::vector<std::byte> out;
     put(out, h);
     return out;
@@ -194,6 +195,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadStream{"future_version", [] { return header_bytes(2); }, EPROTO, "version 2"},
         BadStream{"zero_pages", [] { return header_bytes(1, 0); }, EPROTO, "0 pages"},
         BadStream{"too_many_pages", [] { return header_bytes(1, 1ULL << 40); }, EPROTO, "pages"},
+        BadStream{"reserved_word_set", [] { return header_bytes(1, 16, 1, "DRMIGRT", 7); }, EPROTO,
+                  "non-zero reserved word"},
         BadStream{"too_many_vcpus", [] { return header_bytes(1, 16, 99); }, EPROTO, "99 vCPUs"},
         BadStream{"unknown_record", [] { return with_record(99, 0, {}); }, EPROTO,
                   "unknown record type 99"},

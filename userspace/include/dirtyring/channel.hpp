@@ -42,8 +42,6 @@ class Listener {
 public:
     // Binds and listens; EADDRINUSE (an address in use) is reported as such.
     explicit Listener(const ChannelAddress& address);
-    // Adopts an already listening socket (e.g. inherited across fork).
-    explicit Listener(UniqueFd fd) : fd_(std::move(fd)) {}
     ~Listener();
     Listener(Listener&&) = default;
     Listener& operator=(Listener&&) = default;
@@ -97,8 +95,6 @@ public:
     // read() of `n` bytes (at most kBufferBytes), returned where they lie in
     // the read buffer instead of copied: valid until the next read.
     std::span<const std::byte> read_in_place(std::size_t n);
-    // Waits at most `timeout` for something to read; false on timeout.
-    bool wait_readable(std::chrono::milliseconds timeout);
 
     // Ends both directions: a blocked reader or writer returns with an error.
     void shutdown() noexcept;
@@ -108,6 +104,7 @@ public:
 
 private:
     void flush_locked();
+    void append_locked(std::span<const std::byte> bytes);
     void send_locked(std::span<const std::byte> bytes);
     void throttle_locked(std::size_t bytes);
     std::span<std::byte> reserve_locked(std::size_t bytes);
