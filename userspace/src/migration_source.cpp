@@ -18,11 +18,13 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kDoneTimeout = std::chrono::seconds(60);
 constexpr std::uint64_t kPostcopyBatch = 8;
 
+bool test_bit(const std::vector<std::uint64_t>& bits, std::uint64_t page) {
+    return (bits[page / 64] >> (page % 64)) & 1;
+}
+
 bool take_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
-    auto& word = bits[page / 64];
-    const std::uint64_t mask = 1ULL << (page % 64);
-    const bool was = word & mask;
-    word &= ~mask;
+    const bool was = test_bit(bits, page);
+    bits[page / 64] &= ~(1ULL << (page % 64));
     return was;
 }
 
@@ -116,15 +118,18 @@ void MigrationSource::check_cancel_and_failures(const ReturnPath& rp) {
         throw Error(ECANCELED, "migration cancelled; the source guest keeps running");
 }
 
+void MigrationSource::send_page(StreamWriter& writer, std::uint64_t page) {
+    sent_->set(page, writer.page(page, guest_.memory() + page * kStreamPageSize));
+}
+
 std::uint64_t MigrationSource::send_dirty(StreamWriter& writer, const ReturnPath& rp) {
     std::uint64_t sent = 0;
-    const std::byte* memory = guest_.memory();
     for (std::uint64_t w = 0; w < migration_.size(); ++w) {
         while (migration_[w]) {
             const auto bit = static_cast<std::uint64_t>(std::countr_zero(migration_[w]));
             migration_[w] &= migration_[w] - 1;
             const std::uint64_t page = w * 64 + bit;
-            sent_->set(page, writer.page(page, memory + page * kStreamPageSize));
+            send_page(writer, page);
             if (++sent % 256 == 0) check_cancel_and_failures(rp);
         }
     }
@@ -144,7 +149,7 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
     // that its vCPUs fault on them and request them.
     std::vector<PageRun> stale;
     for (std::uint64_t p = 0; p < guest_.pages(); ++p) {
-        if (!((migration_[p / 64] >> (p % 64)) & 1)) continue;
+        if (!test_bit(migration_, p)) continue;
         if (!stale.empty() && stale.back().first + stale.back().count == p)
             ++stale.back().count;
         else
@@ -156,7 +161,6 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
     report.mode = "postcopy";
 
     // Requested pages first, the rest behind them.
-    const std::byte* memory = guest_.memory();
     std::uint64_t cursor = 0;
     std::uint64_t background = 0;
     for (;;) {
@@ -164,16 +168,15 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
         if (auto page = rp.pop_request()) {
             ++report.postcopy_requests;
             if (take_bit(migration_, *page)) {
-                sent_->set(*page, writer.page(*page, memory + *page * kStreamPageSize));
+                send_page(writer, *page);
                 writer.flush();
             }
             continue;
         }
-        while (cursor < guest_.pages() && !((migration_[cursor / 64] >> (cursor % 64)) & 1))
-            ++cursor;
+        while (cursor < guest_.pages() && !test_bit(migration_, cursor)) ++cursor;
         if (cursor == guest_.pages()) break;
         take_bit(migration_, cursor);
-        sent_->set(cursor, writer.page(cursor, memory + cursor * kStreamPageSize));
+        send_page(writer, cursor);
         // Small batches: a requested page never queues behind more than a
         // few background pages in the (rate-limited) channel.
         if (++background % kPostcopyBatch == 0 || rp.requests_pending()) writer.flush();
@@ -255,7 +258,7 @@ SourceReport MigrationSource::run() {
             if (round >= options_.max_rounds) break;  // forced switch-over
         }
 
-        if (report.mode == "precopy") {
+        if (!guest_left) {  // precopy switch-over
             const auto stop = Clock::now();
             stopped = true;
             guest_.stop();
@@ -265,14 +268,14 @@ SourceReport MigrationSource::run() {
             report.digest = sent_->digest();
             // Until the destination confirms, the guest is still the source's.
             writer.end(report.digest);
-            const std::uint64_t theirs = rp.wait_done();
+            if (rp.wait_done() != report.digest)
+                throw Error(EIO, "the destination's memory digest differs from the source's");
             report.downtime = Clock::now() - stop;
-            if (theirs != report.digest)
-                throw Error(EIO, "the destination's memory digest differs from the source's");
-        } else {
-            const std::uint64_t theirs = rp.wait_done();
-            if (theirs != report.digest)
-                throw Error(EIO, "the destination's memory digest differs from the source's");
+            // The destination runs the guest now: whatever follows, this
+            // side must not run it too.
+            guest_left = true;
+        } else if (rp.wait_done() != report.digest) {
+            throw Error(EIO, "the destination's memory digest differs from the source's");
         }
         // The proof, off the downtime's path: the stopped source's memory is
         // what it sent last of every page.  A difference is a write the

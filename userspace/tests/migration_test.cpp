@@ -391,6 +391,8 @@ TEST(MigrationFailure, AMissedWriteIsCaughtByTheSourcesFinalCheck) {
     EXPECT_EQ(EIO, errno_of([&] { source.run(); }, &message)) << message;
     EXPECT_NE(std::string::npos, message.find("a write the dirty tracking missed")) << message;
     received.get();  // the destination could not know: it got a consistent stream
+    // The destination runs the guest: the source must not run it as well.
+    EXPECT_FALSE(keeps_running(guest));
 }
 
 TEST(MigrationFailure, CancelLeavesTheSourceRunningAndTheDestinationDiscards) {

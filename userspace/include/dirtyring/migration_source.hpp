@@ -75,9 +75,11 @@ private:
     class ReturnPath;
 
     void check_cancel_and_failures(const ReturnPath& rp);
-    std::uint64_t send_dirty(class StreamWriter& writer, const ReturnPath& rp);
-    void send_vcpus(class StreamWriter& writer);
-    void postcopy(class StreamWriter& writer, ReturnPath& rp, SourceReport& report);
+    // Sends one page and remembers the hash of what was sent.
+    void send_page(StreamWriter& writer, std::uint64_t page);
+    std::uint64_t send_dirty(StreamWriter& writer, const ReturnPath& rp);
+    void send_vcpus(StreamWriter& writer);
+    void postcopy(StreamWriter& writer, ReturnPath& rp, SourceReport& report);
 
     MigratableGuest& guest_;
     Channel& channel_;
