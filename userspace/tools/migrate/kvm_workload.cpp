@@ -34,9 +34,9 @@ void check_config(const WorkloadConfig& c) {
 }  // namespace
 
 KvmWorkload::KvmWorkload(const WorkloadConfig& config, std::unique_ptr<KvmGuest> guest)
-    : config_(config),
+    : WriterThreads(guest->vcpus(), config.working_set_pages / guest->vcpus()),
+      config_(config),
       guest_(std::move(guest)),
-      writes_(std::make_unique<std::atomic<std::uint64_t>[]>(guest_->vcpus())),
       restored_(guest_->vcpus(), 0) {}
 
 KvmWorkload::~KvmWorkload() {
@@ -84,17 +84,12 @@ void KvmWorkload::stop() {
     threads_.clear();  // joins
 }
 
-std::exception_ptr KvmWorkload::failure() const {
-    std::lock_guard lock(failure_mutex_);
-    return failure_;
-}
-
 void KvmWorkload::vcpu_loop(std::stop_token stop, unsigned vcpu) {
     Pacer pacer(static_cast<double>(config_.dirty_rate) / guest_->vcpus());
     int empty_full_exits = 0;
     const auto sink = [this](std::span<const DirtyPage> pages) { bitmap_->set_batch(pages); };
     try {
-        if (hook_) hook_(vcpu, ::gettid());
+        started_vcpu_thread(vcpu);
         while (!stop.stop_requested()) {
             switch (guest_->run(vcpu)) {
                 case KvmGuest::Exit::RingFull:
@@ -110,7 +105,7 @@ void KvmWorkload::vcpu_loop(std::stop_token stop, unsigned vcpu) {
                     continue;
                 case KvmGuest::Exit::Batch:
                     empty_full_exits = 0;
-                    writes_[vcpu].fetch_add(kExitEvery, std::memory_order_relaxed);
+                    count(vcpu, kExitEvery);
                     pacer.wrote(kExitEvery, stop);
                     break;
                 case KvmGuest::Exit::Pass:
@@ -118,8 +113,7 @@ void KvmWorkload::vcpu_loop(std::stop_token stop, unsigned vcpu) {
             }
         }
     } catch (...) {
-        std::lock_guard lock(failure_mutex_);
-        if (!failure_) failure_ = std::current_exception();
+        record_failure();
     }
 }
 
@@ -132,18 +126,6 @@ std::uint64_t KvmWorkload::harvest_into(std::vector<std::uint64_t>& migration) {
     return newly;
 }
 
-bool KvmWorkload::wait_first_pass(std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    const std::uint64_t share = config_.working_set_pages / guest_->vcpus();
-    for (;;) {
-        bool done = true;
-        for (unsigned i = 0; i < guest_->vcpus(); ++i) done &= progress(i) >= share;
-        if (done) return true;
-        if (failure() || std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-}
-
 std::vector<std::byte> KvmWorkload::save_vcpu(unsigned vcpu) {
     return guest_->save_vcpu(vcpu);
 }
@@ -151,10 +133,6 @@ std::vector<std::byte> KvmWorkload::save_vcpu(unsigned vcpu) {
 void KvmWorkload::restore_vcpu(unsigned vcpu, std::span<const std::byte> state) {
     guest_->restore_vcpu(vcpu, state);
     restored_.at(vcpu) = guest_->next_value(vcpu);
-}
-
-std::uint64_t KvmWorkload::progress(unsigned vcpu) {
-    return writes_[vcpu].load(std::memory_order_relaxed);
 }
 
 }  // namespace dirtyring::migrate

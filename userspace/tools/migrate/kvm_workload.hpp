@@ -19,6 +19,7 @@
 #include "dirtyring/harvester.hpp"
 #include "dirtyring/kvm_guest.hpp"
 #include "dirtyring/migratable_guest.hpp"
+#include "writer_threads.hpp"
 
 namespace dirtyring::migrate {
 
@@ -37,7 +38,7 @@ struct WorkloadConfig {
     std::uint32_t stride = 1;
 };
 
-class KvmWorkload : public MigratableGuest {
+class KvmWorkload : public WriterThreads {
 public:
     // A new guest with its program loaded, its dirty ring on, not running.
     static std::unique_ptr<KvmWorkload> source(const WorkloadConfig& config);
@@ -54,16 +55,9 @@ public:
     unsigned vcpus() const noexcept override { return guest_->vcpus(); }
     void start() override;
     void stop() override;
-    std::exception_ptr failure() const override;
     std::uint64_t harvest_into(std::vector<std::uint64_t>& migration) override;
     std::vector<std::byte> save_vcpu(unsigned vcpu) override;
     void restore_vcpu(unsigned vcpu, std::span<const std::byte> state) override;
-    std::uint64_t progress(unsigned vcpu) override;
-    void set_vcpu_thread_hook(VcpuThreadHook hook) override { hook_ = std::move(hook); }
-
-    // Waits until every vCPU went once over its share of the working set (the
-    // guest "booted": its memory is no longer mostly zeros); false on timeout.
-    bool wait_first_pass(std::chrono::milliseconds timeout);
 
     // The counter the vCPU writes next (stopped vCPUs only), and what it was
     // when restore_vcpu() gave the vCPU its state.
@@ -81,11 +75,7 @@ private:
     std::unique_ptr<DirtyBitmap> bitmap_;
     std::unique_ptr<Harvester> harvester_;
     std::vector<std::jthread> threads_;
-    std::unique_ptr<std::atomic<std::uint64_t>[]> writes_;
     std::vector<std::uint32_t> restored_;
-    VcpuThreadHook hook_;
-    mutable std::mutex failure_mutex_;
-    std::exception_ptr failure_;
 };
 
 }  // namespace dirtyring::migrate

@@ -20,12 +20,14 @@ constexpr std::uint32_t kRingEntries = 4096;
 }  // namespace
 
 ModuleWorkload::ModuleWorkload(const WorkloadConfig& config, std::byte* memory, std::uint64_t pages)
-    : config_(config),
+    // The I/O thread is a writer too: it counts, it is no vCPU.
+    : WriterThreads(config.vcpus + 1,
+                    config.vcpus ? config.working_set_pages / (config.vcpus + 1) : 0),
+      config_(config),
       memory_(memory),
       pages_(pages),
       state_(config.vcpus + 1),
-      restored_(config.vcpus, 0),
-      writes_(std::make_unique<std::atomic<std::uint64_t>[]>(config.vcpus + 1)) {
+      restored_(config.vcpus, 0) {
     // The working set: each vCPU a share, the I/O thread one more share.
     if (config_.vcpus == 0 || config_.vcpus > ModuleVm::kMaxVcpus)
         throw Error(EINVAL, "module guest: " + std::to_string(config_.vcpus) + " vCPUs (1.." +
@@ -70,16 +72,6 @@ std::unique_ptr<ModuleWorkload> ModuleWorkload::destination(const WorkloadConfig
     return std::make_unique<ModuleWorkload>(c, memory, pages);
 }
 
-void ModuleWorkload::record_failure() {
-    std::lock_guard lock(failure_mutex_);
-    if (!failure_) failure_ = std::current_exception();
-}
-
-std::exception_ptr ModuleWorkload::failure() const {
-    std::lock_guard lock(failure_mutex_);
-    return failure_;
-}
-
 void ModuleWorkload::sink(std::span<const DirtyPage> pages) {
     bitmap_->set_batch(pages);
 }
@@ -105,7 +97,7 @@ void ModuleWorkload::writer_loop(std::stop_token stop, unsigned writer) {
     try {
         ModuleVcpu::Binding binding;
         if (vm_ && !io_thread) binding = vm_->vcpu(writer).bind();
-        if (hook_ && !io_thread) hook_(writer, ::gettid());
+        if (!io_thread) started_vcpu_thread(writer);
         WriterState& s = state_[writer];
         const std::uint64_t first = writer * share();
         while (!stop.stop_requested()) {
@@ -115,7 +107,7 @@ void ModuleWorkload::writer_loop(std::stop_token stop, unsigned writer) {
                 ++s.counter;
                 s.position = (s.position + 1) % share();
             }
-            writes_[writer].fetch_add(kBatch, std::memory_order_relaxed);
+            count(writer, kBatch);
             pacer.wrote(kBatch, stop);
         }
     } catch (...) {
@@ -163,21 +155,6 @@ void ModuleWorkload::restore_vcpu(unsigned vcpu, std::span<const std::byte> stat
                                 " outside its share of " + std::to_string(share()) + " pages");
     state_.at(vcpu) = s;
     restored_.at(vcpu) = s.counter;
-}
-
-std::uint64_t ModuleWorkload::progress(unsigned vcpu) {
-    return writes_[vcpu].load(std::memory_order_relaxed);
-}
-
-bool ModuleWorkload::wait_first_pass(std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-        bool done = true;
-        for (unsigned i = 0; i <= config_.vcpus; ++i) done &= progress(i) >= share();
-        if (done) return true;
-        if (failure() || std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
 }
 
 }  // namespace dirtyring::migrate

@@ -28,12 +28,13 @@
 #include "dirtyring/migratable_guest.hpp"
 #include "dirtyring/module_vm.hpp"
 #include "kvm_workload.hpp"
+#include "writer_threads.hpp"
 
 namespace dirtyring::migrate {
 
 inline constexpr std::uint32_t kGuestThreads = 2;
 
-class ModuleWorkload : public MigratableGuest {
+class ModuleWorkload : public WriterThreads {
 public:
     static std::unique_ptr<ModuleWorkload> source(const WorkloadConfig& config);
     static std::unique_ptr<ModuleWorkload> destination(const WorkloadConfig& config,
@@ -48,14 +49,9 @@ public:
     unsigned vcpus() const noexcept override { return config_.vcpus; }
     void start() override;
     void stop() override;
-    std::exception_ptr failure() const override;
     std::uint64_t harvest_into(std::vector<std::uint64_t>& migration) override;
     std::vector<std::byte> save_vcpu(unsigned vcpu) override;
     void restore_vcpu(unsigned vcpu, std::span<const std::byte> state) override;
-    std::uint64_t progress(unsigned vcpu) override;
-    void set_vcpu_thread_hook(VcpuThreadHook hook) override { hook_ = std::move(hook); }
-
-    bool wait_first_pass(std::chrono::milliseconds timeout);
     // The counter vCPU `vcpu` writes next (stopped only), and at restore.
     std::uint64_t next_value(unsigned vcpu) const { return state_.at(vcpu).counter; }
     std::uint64_t restored_value(unsigned vcpu) const { return restored_.at(vcpu); }
@@ -70,7 +66,6 @@ private:
     };
     void writer_loop(std::stop_token stop, unsigned writer);
     void collector_loop(std::stop_token stop);
-    void record_failure();
     void sink(std::span<const DirtyPage> pages);
     std::uint64_t share() const noexcept;
 
@@ -83,13 +78,9 @@ private:
     std::vector<WriterState>
         state_;  // vCPUs, then the I/O thread; owned by its thread while running
     std::vector<std::uint64_t> restored_;
-    std::unique_ptr<std::atomic<std::uint64_t>[]> writes_;
     std::atomic<std::uint64_t> vm_ring_pages_{0};
     std::vector<std::jthread> writers_;
     std::jthread collector_;
-    VcpuThreadHook hook_;
-    mutable std::mutex failure_mutex_;
-    std::exception_ptr failure_;
 };
 
 }  // namespace dirtyring::migrate
