@@ -1,7 +1,5 @@
 #include "kvm_workload.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <chrono>

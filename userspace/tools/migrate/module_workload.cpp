@@ -1,7 +1,5 @@
 #include "module_workload.hpp"
 
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstring>
 #include <string>
