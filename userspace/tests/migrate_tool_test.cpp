@@ -38,6 +38,17 @@ ToolRun run_tool(const std::string& args) {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// Everything the tools wrote to the pipe, once they all closed it; closes it.
+std::string drain(int fd) {
+    std::string out;
+    std::array<char, 4096> buf{};
+    ssize_t n;
+    while ((n = ::read(fd, buf.data(), buf.size())) > 0)
+        out.append(buf.data(), static_cast<std::size_t>(n));
+    ::close(fd);
+    return out;
+}
+
 // In a forked child: a test killed midway (timeout) takes its tools along.
 void die_with_the_test() {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -154,12 +165,7 @@ ToolRun kill_one(bool kill_source) {
     int status = 0;
     ::waitpid(kill_source ? dest : source, &status, 0);
     ::waitpid(kill_source ? source : dest, nullptr, 0);
-    std::string out;
-    std::array<char, 4096> buf{};
-    ssize_t n;
-    while ((n = ::read(pipefd[0], buf.data(), buf.size())) > 0)
-        out.append(buf.data(), static_cast<std::size_t>(n));
-    ::close(pipefd[0]);
+    const std::string out = drain(pipefd[0]);
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
@@ -182,12 +188,7 @@ TEST(MigrateTool, SigintCancelsAndTheSourceGuestKeepsRunning) {
     ::kill(pid, SIGINT);
     int status = 0;
     ::waitpid(pid, &status, 0);
-    std::string out;
-    std::array<char, 4096> buf{};
-    ssize_t n;
-    while ((n = ::read(pipefd[0], buf.data(), buf.size())) > 0)
-        out.append(buf.data(), static_cast<std::size_t>(n));
-    ::close(pipefd[0]);
+    const std::string out = drain(pipefd[0]);
     ASSERT_TRUE(WIFEXITED(status)) << out;
     EXPECT_EQ(130, WEXITSTATUS(status)) << out;
     EXPECT_NE(std::string::npos, out.find("source: cancelling the migration")) << out;

@@ -282,6 +282,18 @@ struct Destination {
     }
 };
 
+// A destination receiving from `wire` on its own thread.
+struct Receiving {
+    explicit Receiving(Channel& wire, bool snapshot = true)
+        : d{snapshot},
+          destination(wire, d.factory()),
+          received(std::async(std::launch::async, [this] { return destination.run(); })) {}
+
+    Destination d;
+    MigrationDestination destination;
+    std::future<dirtyring::DestinationReport> received;
+};
+
 class Migration : public testing::TestWithParam<unsigned> {};
 
 TEST_P(Migration, PrecopyMovesTheExactMemoryAndTheGuestContinues) {
@@ -289,9 +301,7 @@ TEST_P(Migration, PrecopyMovesTheExactMemoryAndTheGuestContinues) {
     auto [src, dst] = channel_pair();
     auto guest = KvmWorkload::source(small_guest(GetParam()));
     guest->start();
-    Destination d;
-    MigrationDestination destination(dst, d.factory());
-    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    Receiving r(dst);
     MigrationOptions options;
     options.bandwidth_limit = 64 << 20;  // several rounds while the guest writes
     options.downtime_limit = 20ms;
@@ -300,7 +310,7 @@ TEST_P(Migration, PrecopyMovesTheExactMemoryAndTheGuestContinues) {
     options.postcopy_if_not_converged = false;
     MigrationSource source(*guest, src, options);
     const auto report = source.run();
-    const auto dest_report = received.get();
+    const auto dest_report = r.received.get();
 
     EXPECT_EQ("precopy", report.mode);
     EXPECT_GE(report.rounds, 1U);
@@ -308,14 +318,16 @@ TEST_P(Migration, PrecopyMovesTheExactMemoryAndTheGuestContinues) {
     EXPECT_EQ(report.pages_sent, dest_report.pages_received);
     // The source stopped for good: its memory is the memory at the stop,
     // and the destination started on exactly that.
-    ASSERT_NE(nullptr, d.guest);
-    ASSERT_EQ(d.guest->snapshot.size(), guest->pages() * kStreamPageSize);
-    EXPECT_EQ(0, std::memcmp(d.guest->snapshot.data(), guest->memory(), d.guest->snapshot.size()));
-    EXPECT_TRUE(keeps_running(*d.guest));
-    d.guest->stop();
+    ASSERT_NE(nullptr, r.d.guest);
+    ASSERT_EQ(r.d.guest->snapshot.size(), guest->pages() * kStreamPageSize);
+    EXPECT_EQ(0,
+              std::memcmp(r.d.guest->snapshot.data(), guest->memory(), r.d.guest->snapshot.size()));
+    EXPECT_TRUE(keeps_running(*r.d.guest));
+    r.d.guest->stop();
     for (unsigned i = 0; i < GetParam(); ++i) {
-        EXPECT_EQ(guest->next_value(i), d.guest->kvm().restored_value(i)) << "vCPU " << i;
-        EXPECT_GT(d.guest->kvm().next_value(i), d.guest->kvm().restored_value(i)) << "vCPU " << i;
+        EXPECT_EQ(guest->next_value(i), r.d.guest->kvm().restored_value(i)) << "vCPU " << i;
+        EXPECT_GT(r.d.guest->kvm().next_value(i), r.d.guest->kvm().restored_value(i))
+            << "vCPU " << i;
     }
 }
 
@@ -327,16 +339,13 @@ TEST(MigrationPostcopy, VcpusFaultRequestAndGetTheSourcesPages) {
     auto guest = KvmWorkload::source(small_guest(2));
     guest->start();
     ASSERT_TRUE(guest->wait_first_pass(10s));  // the whole working set is data
-    Destination d;
-    d.snapshot = false;
-    MigrationDestination destination(dst, d.factory());
-    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    Receiving r(dst, false);
     MigrationOptions options;
     options.postcopy = true;
     options.bandwidth_limit = 2 << 20;  // slow background stream: vCPUs must ask
     MigrationSource source(*guest, src, options);
     const auto report = source.run();
-    const auto dest_report = received.get();
+    const auto dest_report = r.received.get();
 
     EXPECT_EQ("postcopy", report.mode);
     EXPECT_EQ("postcopy", dest_report.mode);
@@ -347,12 +356,13 @@ TEST(MigrationPostcopy, VcpusFaultRequestAndGetTheSourcesPages) {
     EXPECT_LE(report.postcopy_requests, dest_report.postcopy_requests);
     EXPECT_GT(dest_report.postcopy_faults, 0U);
     EXPECT_NE(std::string::npos, dest_report.blocktime_json.find("\"postcopy-vcpu-blocktime\""));
-    ASSERT_NE(nullptr, d.guest);
-    EXPECT_TRUE(keeps_running(*d.guest));
-    d.guest->stop();
+    ASSERT_NE(nullptr, r.d.guest);
+    EXPECT_TRUE(keeps_running(*r.d.guest));
+    r.d.guest->stop();
     for (unsigned i = 0; i < 2; ++i) {
-        EXPECT_EQ(guest->next_value(i), d.guest->kvm().restored_value(i)) << "vCPU " << i;
-        EXPECT_GT(d.guest->kvm().next_value(i), d.guest->kvm().restored_value(i)) << "vCPU " << i;
+        EXPECT_EQ(guest->next_value(i), r.d.guest->kvm().restored_value(i)) << "vCPU " << i;
+        EXPECT_GT(r.d.guest->kvm().next_value(i), r.d.guest->kvm().restored_value(i))
+            << "vCPU " << i;
     }
 }
 
@@ -379,9 +389,7 @@ TEST(MigrationFailure, AMissedWriteIsCaughtByTheSourcesFinalCheck) {
     LossyGuest guest(KvmWorkload::source(small_guest(2)), false);
     guest.start();
     ASSERT_TRUE(guest.kvm().wait_first_pass(10s));
-    Destination d;
-    MigrationDestination destination(dst, d.factory());
-    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    Receiving r(dst);
     MigrationOptions options;
     options.bandwidth_limit = 16 << 20;  // rounds long enough to rewrite the page
     options.max_rounds = 2;
@@ -390,7 +398,7 @@ TEST(MigrationFailure, AMissedWriteIsCaughtByTheSourcesFinalCheck) {
     std::string message;
     EXPECT_EQ(EIO, errno_of([&] { source.run(); }, &message)) << message;
     EXPECT_NE(std::string::npos, message.find("a write the dirty tracking missed")) << message;
-    received.get();  // the destination could not know: it got a consistent stream
+    r.received.get();  // the destination could not know: it got a consistent stream
     // The destination runs the guest: the source must not run it as well.
     EXPECT_FALSE(keeps_running(guest));
 }
@@ -400,9 +408,7 @@ TEST(MigrationFailure, CancelLeavesTheSourceRunningAndTheDestinationDiscards) {
     auto [src, dst] = channel_pair();
     auto guest = KvmWorkload::source(small_guest(2));
     guest->start();
-    Destination d;
-    MigrationDestination destination(dst, d.factory());
-    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    Receiving r(dst);
     MigrationOptions options;
     options.downtime_limit = 1ms;
     options.max_rounds = 1000;
@@ -413,8 +419,8 @@ TEST(MigrationFailure, CancelLeavesTheSourceRunningAndTheDestinationDiscards) {
     });
     self = &source;
     EXPECT_EQ(ECANCELED, errno_of([&] { source.run(); }));
-    EXPECT_EQ(ECANCELED, errno_of([&] { received.get(); }));
-    EXPECT_EQ(nullptr, d.guest);
+    EXPECT_EQ(ECANCELED, errno_of([&] { r.received.get(); }));
+    EXPECT_EQ(nullptr, r.d.guest);
     EXPECT_TRUE(keeps_running(*guest));
 }
 
@@ -445,10 +451,7 @@ TEST(MigrationFailure, ConnectionBrokenMidPostcopyEndsBothSidesWithoutAHang) {
     auto guest = KvmWorkload::source(small_guest(2));
     guest->start();
     ASSERT_TRUE(guest->wait_first_pass(10s));
-    Destination d;
-    d.snapshot = false;
-    MigrationDestination destination(dst, d.factory());
-    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    Receiving r(dst, false);
     MigrationOptions options;
     options.postcopy = true;
     options.bandwidth_limit = 1 << 20;  // postcopy lasts seconds
@@ -463,11 +466,11 @@ TEST(MigrationFailure, ConnectionBrokenMidPostcopyEndsBothSidesWithoutAHang) {
     std::string message;
     const int err = errno_of([&] { source.run(); }, &message);
     EXPECT_TRUE(err == EPIPE || err == ECONNRESET) << message;
-    const int dest_err = errno_of([&] { received.get(); }, &message);
+    const int dest_err = errno_of([&] { r.received.get(); }, &message);
     EXPECT_EQ(ECONNRESET, dest_err) << message;
     // Postcopy was under way: the guest had started on the destination, and
     // its vCPUs were released from their faults when it was torn down.
-    EXPECT_NE(nullptr, d.guest);
+    EXPECT_NE(nullptr, r.d.guest);
 }
 
 // A hand-written source: a header and one page, then what the test says.
@@ -479,32 +482,28 @@ void header_and_one_page(StreamWriter& w) {
 
 TEST(MigrationFailure, SourceGoneMidStreamEndsTheDestinationCleanly) {
     auto [src, dst] = channel_pair();
-    Destination d;
-    MigrationDestination destination(dst, d.factory());
-    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    Receiving r(dst);
     StreamWriter w(src);
     header_and_one_page(w);
     w.flush();
     src.shutdown();
     std::string message;
-    EXPECT_EQ(ECONNRESET, errno_of([&] { received.get(); }, &message)) << message;
-    EXPECT_EQ(nullptr, d.guest);
+    EXPECT_EQ(ECONNRESET, errno_of([&] { r.received.get(); }, &message)) << message;
+    EXPECT_EQ(nullptr, r.d.guest);
 }
 
 TEST(MigrationFailure, EndWithTheWrongDigestIsRefusedAndTheSourceIsTold) {
     auto [src, dst] = channel_pair();
-    Destination d;
-    MigrationDestination destination(dst, d.factory());
-    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+    Receiving r(dst);
     StreamWriter w(src);
     header_and_one_page(w);
     w.end(12345);
     std::string message;
-    EXPECT_EQ(EIO, errno_of([&] { received.get(); }, &message)) << message;
+    EXPECT_EQ(EIO, errno_of([&] { r.received.get(); }, &message)) << message;
     StreamReader back(src, 64);
-    const Record& r = back.next();
-    EXPECT_EQ(RecordType::Failed, r.type);
-    EXPECT_NE(std::string::npos, r.message.find("do not add up")) << r.message;
+    const Record& told = back.next();
+    EXPECT_EQ(RecordType::Failed, told.type);
+    EXPECT_NE(std::string::npos, told.message.find("do not add up")) << told.message;
 }
 
 TEST(MigrationOptionsTest, ZeroRoundsIsRefused) {
