@@ -91,10 +91,16 @@ int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req)
 	slot->id = req->slot;
 	slot->npages = req->npages;
 	longs = BITS_TO_LONGS(slot->npages);
+	/*
+	 * Sized by user space: a size kvmalloc refuses (over INT_MAX, once
+	 * root lifts max_pinned_mb) must be ENOMEM, not a WARN.
+	 */
 	slot->pages = kvcalloc(slot->npages, sizeof(*slot->pages),
-			       GFP_KERNEL_ACCOUNT);
-	slot->logged = kvcalloc(longs, sizeof(long), GFP_KERNEL_ACCOUNT);
-	slot->overflow = kvcalloc(longs, sizeof(long), GFP_KERNEL_ACCOUNT);
+			       GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
+	slot->logged = kvcalloc(longs, sizeof(long),
+				GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
+	slot->overflow = kvcalloc(longs, sizeof(long),
+				  GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!slot->pages || !slot->logged || !slot->overflow)
 		goto free;
 	ret = dr_slot_alloc_pages(slot);

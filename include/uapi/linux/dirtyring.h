@@ -32,7 +32,8 @@
  *  - slot ids are 0..DIRTYRING_MAX_SLOTS-1 (EINVAL), each at most
  *    DIRTYRING_MAX_SLOT_PAGES pages (EINVAL);
  *  - guest memory of all VMs together is capped by the module parameter
- *    max_pinned_mb, half of RAM by default (ENOSPC);
+ *    max_pinned_mb, half of RAM by default (ENOSPC); a slot the kernel
+ *    cannot allocate gets ENOMEM;
  *  - ring sizes are powers of two in [MIN, MAX] entries (EINVAL).
  */
 #define DIRTYRING_MAX_VMS_PER_PROCESS	16
