@@ -4,8 +4,10 @@
  * system-wide limits and the pseudo filesystem that gives each VM's memory
  * its own inode (so re-protecting one VM's pages never touches another's).
  *
- * dr_vms_lock protects dr_vms (every VM, for the per-process count);
- * dr_pinned_pages is atomic.
+ * dr_vms_lock protects dr_vms (every VM, for the per-process count: a
+ * process is an address space, which each VM keeps referenced, so neither
+ * fork nor pid reuse changes whose VMs are whose); dr_pinned_pages is
+ * atomic.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -59,6 +61,39 @@ void dr_pinned_release(unsigned long npages)
 	atomic_long_sub(npages, &dr_pinned_pages);
 }
 
+/* DIRTYRING_CHECK_EXTENSION, on the device and on a VM fd. */
+long dr_check_extension(unsigned long cap)
+{
+	switch (cap) {
+	case DIRTYRING_CAP_MAX_VCPUS:
+		return DIRTYRING_MAX_VCPUS;
+	case DIRTYRING_CAP_MAX_SLOTS:
+		return DIRTYRING_MAX_SLOTS;
+	case DIRTYRING_CAP_MAX_SLOT_PAGES:
+		return DR_MAX_SLOT_PAGES;
+	case DIRTYRING_CAP_PAGE_SIZE:
+		return PAGE_SIZE;
+	case DIRTYRING_CAP_RING_MIN_ENTRIES:
+		return DIRTYRING_RING_MIN_ENTRIES;
+	case DIRTYRING_CAP_RING_MAX_ENTRIES:
+		return DIRTYRING_RING_MAX_ENTRIES;
+	case DIRTYRING_CAP_RING_RESERVED_ENTRIES:
+		return DIRTYRING_RING_RESERVED_ENTRIES;
+	case DIRTYRING_CAP_MAX_VMS:
+		return DIRTYRING_MAX_VMS;
+	case DIRTYRING_CAP_MAX_VMS_PER_PROCESS:
+		return DIRTYRING_MAX_VMS_PER_PROCESS;
+	case DIRTYRING_CAP_MAX_PINNED_PAGES:
+		return dr_pinned_cap();
+	case DIRTYRING_CAP_RESET_STATUS:
+	case DIRTYRING_CAP_VCPU_REOPEN:
+	case DIRTYRING_CAP_PINNED_RELOG:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 int dr_vm_list_add(struct dr_vm *vm)
 {
 	unsigned int mine = 0;
@@ -67,7 +102,7 @@ int dr_vm_list_add(struct dr_vm *vm)
 
 	mutex_lock(&dr_vms_lock);
 	list_for_each_entry(other, &dr_vms, node)
-		mine += other->tgid == vm->tgid;
+		mine += other->mm == vm->mm;
 	if (dr_vm_count >= DIRTYRING_MAX_VMS) {
 		ret = -ENOSPC;
 	} else if (mine >= DIRTYRING_MAX_VMS_PER_PROCESS) {
@@ -146,6 +181,8 @@ static long dirtyring_dev_ioctl(struct file *file, unsigned int cmd,
 		if (arg)
 			return -EINVAL;
 		return dr_vm_create();
+	case DIRTYRING_CHECK_EXTENSION:
+		return dr_check_extension(arg);
 	default:
 		return -ENOTTY;
 	}

@@ -6,7 +6,8 @@
  *   dr_vms_lock (dev.c)  the list of VMs, the per-process and system counts
  *   vm->lock             slot and vCPU creation, ring enabling, bind/unbind
  *   vm->mmu_lock         reset: clearing logged bits, re-protecting pages,
- *                        advancing reset indices, draining overflow pages
+ *                        advancing reset indices, draining overflow pages,
+ *                        closing and reopening vCPU rings
  *   page lock            orders one page's logging against its re-protection
  *   ring->lock           (spinlock) a ring's producer side: push
  *   vm->waiters_lock     (spinlock) the list of armed ring-full waits
@@ -16,6 +17,11 @@
  * waits later, from task work run on its way back to user mode or into a
  * guest, holding nothing (wait.c).  So a reset never waits for a writer that
  * waits for the reset.
+ *
+ * The promise: after a reset, a page's next write is logged before the
+ * harvester can read the page.  Writers that fault are logged by the fault;
+ * a page still referenced beyond its mappings when it is re-armed may be
+ * written without a fault, so it is logged again at once (mem.c).
  */
 #ifndef _DIRTYRING_INTERNAL_H
 #define _DIRTYRING_INTERNAL_H
@@ -31,6 +37,9 @@
 
 struct dr_vm;
 
+/* Largest slot, in pages of this kernel (the uAPI gives it in bytes). */
+#define DR_MAX_SLOT_PAGES (DIRTYRING_MAX_SLOT_SIZE >> PAGE_SHIFT)
+
 struct dr_ring {
 	spinlock_t lock;		/* producer side: see above */
 	struct dirtyring_gfn *entries;	/* vmalloc_user: mmapped by the harvester */
@@ -38,6 +47,7 @@ struct dr_ring {
 	u32 soft_limit;
 	u32 dirty_index;		/* next entry to fill: under lock */
 	u32 reset_index;		/* next entry to reset: under vm->mmu_lock */
+	bool closed;			/* vCPU closed: set under both locks */
 	wait_queue_head_t wq;		/* writers waiting for room */
 	/* statistics: written under lock (waits: atomically) */
 	u64 pushed;
@@ -54,20 +64,28 @@ struct dr_slot {
 	struct page **pages;
 	unsigned long *logged;		/* page is in a ring (or overflow) this cycle */
 	unsigned long *overflow;	/* logged while its ring was full */
+	unsigned long *relog;		/* held at re-arm: log again (mmu_lock) */
+	unsigned long relog_count;	/* bits set in relog: under mmu_lock */
 	atomic_long_t overflow_count;
 };
 
 struct dr_vcpu {
 	struct dr_vm *vm;
 	u32 id;
-	struct task_struct *bound;	/* under vm->lock; read locklessly */
+	bool open;			/* has an fd: under vm->lock */
+	/*
+	 * The bound thread's pid: written under vm->lock, compared locklessly
+	 * with task_pid(current).  A referenced struct pid is never reused, so
+	 * a thread that exited simply matches nobody any more.
+	 */
+	struct pid *bound;
 	struct dr_ring ring;
 };
 
 struct dr_vm {
 	struct kref ref;	/* VM fd, memory file, each vCPU fd, each armed wait */
 	struct list_head node;	/* in dr_vms, under dr_vms_lock */
-	pid_t tgid;		/* creator, for the per-process cap */
+	struct mm_struct *mm;	/* creator's (mmgrab): per-process cap, waits */
 	struct file *mem_file;	/* backs every mmap of the VM fd: its own inode */
 	bool dead;		/* VM fd closed: nobody resets any more */
 
@@ -103,7 +121,12 @@ static inline struct dr_vcpu *dr_vm_vcpu(struct dr_vm *vm, u32 id)
 	return smp_load_acquire(&vm->vcpus[id]);
 }
 
+/* dr_ring_push() results */
+#define DR_PUSH_FIRST		BIT(0)	/* the ring was empty */
+#define DR_PUSH_SOFT_FULL	BIT(1)	/* the ring is at its soft limit */
+
 /* dev.c */
+long dr_check_extension(unsigned long cap);
 void dr_pinned_release(unsigned long npages);
 int dr_pinned_reserve(unsigned long npages);
 int dr_vm_list_add(struct dr_vm *vm);
@@ -118,11 +141,14 @@ void dr_vm_put(struct dr_vm *vm);
 /* vcpu.c */
 int dr_vcpu_create(struct dr_vm *vm, unsigned long id);
 void dr_vcpu_free(struct dr_vcpu *vcpu);
+bool dr_vcpu_bound_alive(struct dr_vcpu *vcpu);
 struct dr_ring *dr_ring_of_current(struct dr_vm *vm);
 
 /* ring.c */
 int dr_ring_init(struct dr_ring *ring, u32 entries);
 void dr_ring_free(struct dr_ring *ring);
+void dr_ring_reopen(struct dr_ring *ring);
+void dr_ring_close(struct dr_vm *vm, struct dr_ring *ring);
 bool dr_ring_valid_size(u32 entries);
 int dr_ring_push(struct dr_ring *ring, u32 slot, u64 offset);
 u32 dr_ring_used(struct dr_ring *ring);
@@ -137,9 +163,11 @@ void dr_slot_free(struct dr_slot *slot);
 int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma);
 void dr_slot_reprotect(struct dr_slot *slot, unsigned long base,
 		       unsigned long mask);
-void dr_overflow_drain(struct dr_vm *vm);
+void dr_overflow_park(struct dr_slot *slot, unsigned long index);
+unsigned long dr_overflow_drain(struct dr_vm *vm);
+unsigned long dr_relog_flush(struct dr_vm *vm);
 
 /* wait.c */
-void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring);
+void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring, struct file *file);
 
 #endif /* _DIRTYRING_INTERNAL_H */

@@ -3,9 +3,11 @@
  * dirtyring: guest memory slots, served by mmap of the VM fd, and the first
  * write tracking on them.
  *
- * A slot owns its pages (allocated when the slot is added) and two bitmaps:
- * logged (the page was pushed to a ring, or parked as overflow, since its
- * last re-protection) and overflow (logged while its ring was full).
+ * A slot owns its pages (allocated when the slot is added) and three
+ * bitmaps: logged (the page was pushed to a ring, or parked as overflow,
+ * since its last re-protection), overflow (logged while its ring was full,
+ * or its vCPU closed: the next reset pushes it to the VM ring) and relog
+ * (under vm->mmu_lock: held when re-armed, pushed again by this reset).
  *
  * Mappings use the VM's memory file (its own inode) and vm_ops with
  * page_mkwrite, so pages come in read-only and the first write of a cycle
@@ -16,6 +18,17 @@
  * the MMU notifier); the next write faults again.  Clearing under the page
  * lock before zapping means a write either sees the bit cleared and logs, or
  * finished making its PTE writable before the zap removes it.
+ *
+ * A writer that took a reference to the page before the zap (GUP: O_DIRECT
+ * I/O, process_vm_writev, ptrace, KVM's kvm_vcpu_map) writes through the
+ * kernel's mapping and never faults.  After the zap every mapping's
+ * reference is gone, so a page whose count is above its own reference plus
+ * its mapcount is held by such a writer: it stays logged and is pushed again
+ * by this reset.  GUP-fast takes its reference before it re-checks the PTE,
+ * and the zap clears the PTE before we read the count (a full barrier on
+ * both sides), so a reference that outlives the zap is always seen; a
+ * passing one (a fault in flight, a speculative lookup) only logs the page
+ * once more.
  */
 #include <linux/mm.h>
 #include <linux/pagemap.h>
@@ -25,8 +38,14 @@
 
 #include "internal.h"
 
-/* Slot id + 1 is the mmap offset's bits from 40 up (uAPI). */
-#define DR_SLOT_PGOFF_SHIFT (40 - PAGE_SHIFT)
+/* Slot id + 1 is the mmap offset's bits from 38 up (uAPI). */
+#define DR_SLOT_PGOFF_SHIFT (38 - PAGE_SHIFT)
+static_assert(DIRTYRING_SLOT_MMAP_OFFSET(1) - DIRTYRING_SLOT_MMAP_OFFSET(0) ==
+	      DIRTYRING_MAX_SLOT_SIZE);
+/* The last slot's window ends where a 32-bit mmap2() still reaches. */
+static_assert(DIRTYRING_SLOT_MMAP_OFFSET(DIRTYRING_MAX_SLOTS) <= (1ULL << 44));
+/* The page array of the largest slot is within kvmalloc's INT_MAX. */
+static_assert(DIRTYRING_MAX_SLOT_PAGES * sizeof(struct page *) <= INT_MAX);
 
 static unsigned long dr_slot_pgoff(u32 id)
 {
@@ -46,6 +65,7 @@ void dr_slot_free(struct dr_slot *slot)
 	}
 	kvfree(slot->logged);
 	kvfree(slot->overflow);
+	kvfree(slot->relog);
 	kfree(slot);
 }
 
@@ -75,7 +95,7 @@ int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req)
 	if (req->flags || req->reserved[0] || req->reserved[1])
 		return -EINVAL;
 	if (req->slot >= DIRTYRING_MAX_SLOTS || !req->npages ||
-	    req->npages > DIRTYRING_MAX_SLOT_PAGES)
+	    req->npages > DR_MAX_SLOT_PAGES)
 		return -EINVAL;
 	if (vm->slots[req->slot])
 		return -EEXIST;
@@ -101,7 +121,9 @@ int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req)
 				GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	slot->overflow = kvcalloc(longs, sizeof(long),
 				  GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
-	if (!slot->pages || !slot->logged || !slot->overflow)
+	slot->relog = kvcalloc(longs, sizeof(long),
+			       GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
+	if (!slot->pages || !slot->logged || !slot->overflow || !slot->relog)
 		goto free;
 	ret = dr_slot_alloc_pages(slot);
 	if (ret)
@@ -144,7 +166,7 @@ static vm_fault_t dr_mem_fault(struct vm_fault *vmf)
 }
 
 /* Parks a page whose ring is full; the next reset pushes it to the VM ring. */
-static void dr_overflow_park(struct dr_slot *slot, unsigned long index)
+void dr_overflow_park(struct dr_slot *slot, unsigned long index)
 {
 	struct dr_vm *vm = slot->vm;
 
@@ -172,14 +194,15 @@ static vm_fault_t dr_mem_page_mkwrite(struct vm_fault *vmf)
 	ret = dr_ring_push(ring, slot->id, index);
 	if (ret < 0) {
 		dr_overflow_park(slot, index);
-		ret = 1;
-	} else if (dr_ring_used(ring) == 1 || ret) {
+		ret = DR_PUSH_SOFT_FULL;
+	} else if (ret) {
 		/* Became harvestable, or reached its soft limit. */
 		wake_up_interruptible_poll(&vm->poll_wq,
-					   ret ? EPOLLIN | EPOLLPRI : EPOLLIN);
+					   ret & DR_PUSH_SOFT_FULL ?
+					   EPOLLIN | EPOLLPRI : EPOLLIN);
 	}
-	if (ret)
-		dr_wait_arm(vm, ring);
+	if (ret & DR_PUSH_SOFT_FULL)
+		dr_wait_arm(vm, ring, vmf->vma->vm_file);
 	return VM_FAULT_LOCKED;
 }
 
@@ -214,11 +237,20 @@ int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma)
 	return 0;
 }
 
+/* See the top of this file: someone beyond the mappings holds @page. */
+static bool dr_page_held(struct page *page)
+{
+	/* Orders the zap's PTE clears before the count (GUP-fast's pair). */
+	smp_mb();
+	return page_ref_count(page) > 1 + page_mapcount(page);
+}
+
 /*
  * Makes pages base + n, for each bit n of @mask, trackable again.  The zap
  * covers the whole span, other pages included: that is harmless, as a page
  * that is not being reset only faults once more, and either is clean (it
- * logs as it should) or is still logged (it does not log again).  Called
+ * logs as it should) or is still logged (it does not log again).  Pages
+ * that were held stay logged and are marked for dr_relog_flush.  Called
  * with vm->mmu_lock held; sleeps on page locks and the i_mmap lock.
  */
 void dr_slot_reprotect(struct dr_slot *slot, unsigned long base,
@@ -238,36 +270,96 @@ void dr_slot_reprotect(struct dr_slot *slot, unsigned long base,
 	unmap_mapping_range(mapping,
 			    (loff_t)(dr_slot_pgoff(slot->id) + base) << PAGE_SHIFT,
 			    (loff_t)(__fls(mask) + 1) << PAGE_SHIFT, 0);
+	for_each_set_bit(n, &mask, BITS_PER_LONG) {
+		struct page *page = slot->pages[base + n];
+
+		if (!dr_page_held(page))
+			continue;
+		lock_page(page);
+		/* A write that faulted meanwhile has logged it already. */
+		if (!test_and_set_bit(base + n, slot->logged)) {
+			set_bit(base + n, slot->relog);
+			slot->relog_count++;
+		}
+		unlock_page(page);
+	}
+}
+
+/*
+ * Pushes @slot's pages marked in @bits to the VM ring while it is below its
+ * soft limit, clearing their marks; returns how many.  @stop is set when the
+ * ring had no room left.
+ */
+static unsigned long dr_push_marked(struct dr_vm *vm, struct dr_slot *slot,
+				    unsigned long *bits, bool *stop)
+{
+	struct dr_ring *ring = &vm->vm_ring;
+	unsigned long index, pushed = 0;
+
+	for_each_set_bit(index, bits, slot->npages) {
+		if (dr_ring_soft_full(ring) ||
+		    dr_ring_push(ring, slot->id, index) < 0) {
+			*stop = true;
+			break;
+		}
+		clear_bit(index, bits);
+		pushed++;
+		cond_resched();
+	}
+	return pushed;
 }
 
 /*
  * Pushes parked overflow pages to the VM ring while it has room below its
- * soft limit.  Called with vm->mmu_lock held, after the rings were reset.
+ * soft limit; returns how many.  Called with vm->mmu_lock held, after the
+ * rings were reset.
  */
-void dr_overflow_drain(struct dr_vm *vm)
+unsigned long dr_overflow_drain(struct dr_vm *vm)
 {
-	struct dr_ring *ring = &vm->vm_ring;
-	unsigned long index;
+	unsigned long pushed, total = 0;
+	bool stop = false;
+	u32 id;
+
+	lockdep_assert_held(&vm->mmu_lock);
+	for (id = 0; id < DIRTYRING_MAX_SLOTS && !stop; id++) {
+		struct dr_slot *slot = dr_vm_slot(vm, id);
+
+		if (!slot || !atomic_long_read(&slot->overflow_count))
+			continue;
+		/* Parked concurrently: counted once by dr_overflow_park. */
+		pushed = dr_push_marked(vm, slot, slot->overflow, &stop);
+		atomic_long_sub(pushed, &slot->overflow_count);
+		atomic_long_sub(pushed, &vm->overflow_pending);
+		total += pushed;
+	}
+	return total;
+}
+
+/*
+ * Pushes the pages that were held when this reset re-armed them to the VM
+ * ring, after the overflow pages; what finds no room is parked.  Returns
+ * how many were logged again.  Called with vm->mmu_lock held.
+ */
+unsigned long dr_relog_flush(struct dr_vm *vm)
+{
+	unsigned long index, total = 0;
+	bool stop = false;
 	u32 id;
 
 	lockdep_assert_held(&vm->mmu_lock);
 	for (id = 0; id < DIRTYRING_MAX_SLOTS; id++) {
 		struct dr_slot *slot = dr_vm_slot(vm, id);
 
-		if (!slot || !atomic_long_read(&slot->overflow_count))
+		if (!slot || !slot->relog_count)
 			continue;
-		for_each_set_bit(index, slot->overflow, slot->npages) {
-			if (dr_ring_soft_full(ring))
-				return;
-			if (!test_and_clear_bit(index, slot->overflow))
-				continue;
-			if (dr_ring_push(ring, id, index) < 0) {
-				set_bit(index, slot->overflow);
-				return;
-			}
-			atomic_long_dec(&slot->overflow_count);
-			atomic_long_dec(&vm->overflow_pending);
-			cond_resched();
+		if (!stop)
+			total += dr_push_marked(vm, slot, slot->relog, &stop);
+		for_each_set_bit(index, slot->relog, slot->npages) {
+			clear_bit(index, slot->relog);
+			dr_overflow_park(slot, index);
+			total++;
 		}
+		slot->relog_count = 0;
 	}
+	return total;
 }

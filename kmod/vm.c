@@ -5,10 +5,11 @@
  *
  * Lifetime: struct dr_vm is referenced by its fd, by its memory file (which
  * every mmap of the VM fd maps, so mappings outlive neither the pages nor
- * the rings), by each vCPU fd and by each armed ring-full wait.  Closing
- * the VM fd marks the VM dead and wakes every waiter: nobody can reset it
- * any more, so nobody may wait for a reset.  Memory stays usable (and
- * logged) until the last mapping goes.
+ * the rings, and which each armed ring-full wait holds, so the module
+ * outlives its queued task work) and by each vCPU fd.  Closing the VM fd
+ * marks the VM dead and wakes every waiter: nobody can reset it any more,
+ * so nobody may wait for a reset.  Memory stays usable (and logged) until
+ * the last mapping goes.
  *
  * vm->lock serializes configuration (slots, rings, vCPUs, bind, mmap
  * setup); vm->mmu_lock serializes resets (see dirtyring.h).
@@ -18,6 +19,7 @@
 #include <linux/fs.h>
 #include <linux/mm.h>
 #include <linux/poll.h>
+#include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -42,6 +44,7 @@ static void dr_vm_free(struct kref *ref)
 	dr_pinned_release(vm->pinned_pages);
 	dr_ring_free(&vm->vm_ring);
 	dr_vm_unlist(vm);
+	mmdrop(vm->mm);
 	kfree(vm);
 }
 
@@ -92,30 +95,55 @@ static int dr_vm_add_slot(struct dr_vm *vm, void __user *argp)
 	return ret;
 }
 
-static long dr_vm_reset(struct dr_vm *vm)
+/* DIRTYRING_RESET_RINGS: see the uAPI header for the contract. */
+static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 {
-	long count = 0;
-	int i;
+	struct dirtyring_reset req;
+	long ret = 0;
+	int i, n;
 
-	mutex_lock(&vm->lock);
-	if (!vm->rings_enabled) {
-		mutex_unlock(&vm->lock);
+	if (copy_from_user(&req, argp, sizeof(req)))
+		return -EFAULT;
+	if (req.flags || req.reserved)
 		return -EINVAL;
-	}
-	mutex_unlock(&vm->lock);
+	/* Pairs with the release in ENABLE_RINGS. */
+	if (!smp_load_acquire(&vm->rings_enabled))
+		return -EINVAL;
+	memset(&req, 0, sizeof(req));
 
-	mutex_lock(&vm->mmu_lock);
-	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++) {
-		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
+	if (mutex_lock_interruptible(&vm->mmu_lock))
+		return -ERESTARTSYS;
+	for (i = 0; i <= DIRTYRING_MAX_VCPUS; i++) {
+		struct dr_vcpu *vcpu = i < DIRTYRING_MAX_VCPUS ?
+				       dr_vm_vcpu(vm, i) : NULL;
+		struct dr_ring *ring = vcpu ? &vcpu->ring : &vm->vm_ring;
 
-		if (vcpu)
-			count += dr_ring_reset(vm, &vcpu->ring);
+		if (i < DIRTYRING_MAX_VCPUS && !vcpu)
+			continue;
+		n = dr_ring_reset(vm, ring);
+		if (n < 0) {
+			ret = n;
+			break;
+		}
+		req.entries += n;
 	}
-	count += dr_ring_reset(vm, &vm->vm_ring);
-	if (atomic_long_read(&vm->overflow_pending))
-		dr_overflow_drain(vm);
+	/*
+	 * Parked pages move only when every ring was reset: the caller harvests
+	 * again if told so, and an interrupted call tells nothing.
+	 */
+	if (!ret && atomic_long_read(&vm->overflow_pending))
+		req.overflow_pushed = dr_overflow_drain(vm);
+	/* Held pages are logged for the next cycle, interrupted or not. */
+	req.relogged = dr_relog_flush(vm);
+	req.overflow_pending = atomic_long_read(&vm->overflow_pending);
 	mutex_unlock(&vm->mmu_lock);
-	return count;
+	if (req.overflow_pushed || req.relogged || req.overflow_pending)
+		wake_up_interruptible_poll(&vm->poll_wq, EPOLLIN);
+	if (ret)
+		return ret;
+	if (copy_to_user(argp, &req, sizeof(req)))
+		return -EFAULT;
+	return 0;
 }
 
 static int dr_vm_ring_status(struct dr_vm *vm, void __user *argp)
@@ -151,9 +179,11 @@ static long dr_vm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		mutex_unlock(&vm->lock);
 		return ret;
 	case DIRTYRING_RESET_RINGS:
-		return arg ? -EINVAL : dr_vm_reset(vm);
+		return dr_vm_reset(vm, argp);
 	case DIRTYRING_GET_RING_STATUS:
 		return dr_vm_ring_status(vm, argp);
+	case DIRTYRING_CHECK_EXTENSION:
+		return dr_check_extension(arg);
 	default:
 		return -ENOTTY;
 	}
@@ -250,6 +280,8 @@ int dr_vm_create(void)
 	struct dr_vm *vm;
 	int fd;
 
+	if (!current->mm)
+		return -EINVAL;
 	vm = kzalloc(sizeof(*vm), GFP_KERNEL_ACCOUNT);
 	if (!vm)
 		return -ENOMEM;
@@ -260,9 +292,11 @@ int dr_vm_create(void)
 	spin_lock_init(&vm->waiters_lock);
 	INIT_LIST_HEAD(&vm->waiters);
 	INIT_LIST_HEAD(&vm->node);
-	vm->tgid = task_tgid_nr(current);
+	vm->mm = current->mm;
+	mmgrab(vm->mm);
 	fd = dr_vm_list_add(vm);
 	if (fd) {
+		mmdrop(vm->mm);
 		kfree(vm);
 		return fd;
 	}

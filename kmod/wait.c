@@ -7,16 +7,25 @@
  * that makes room locks pages.  Instead it arms task work that runs when it
  * returns to user mode, or before KVM re-enters the guest, holding no lock;
  * there it waits (interruptibly: any signal ends the wait) until a reset
- * brings the ring below its soft limit or the VM fd is closed.
+ * brings the ring below its soft limit, the VM fd is closed or the ring's
+ * vCPU is closed.
  *
- * Kernel threads (vhost, async page faults) never return to user mode: they
- * do not wait, and the reserve, then overflow parking (mem.c), absorbs what
- * they write.
+ * Only threads of the VM's own process wait: it is the process that
+ * harvests.  Kernel threads (vhost, async page faults) and io_uring workers
+ * never return to user mode, and other processes (process_vm_writev,
+ * ptrace, /proc/PID/mem) cannot harvest the rings they fill: none of them
+ * waits, and the reserve, then overflow parking (mem.c), absorbs what they
+ * write.
  *
  * vm->waiters (under vm->waiters_lock) holds the armed waits, so that a
  * thread faulting many pages in one system call arms only one per ring.
- * Each armed wait holds a VM reference.
+ * Each armed wait holds a reference to the VM's memory file, and through it
+ * to the VM and to this module: queued task work runs module text, so the
+ * module must not unload before it ran.  That reference is dropped last,
+ * and its final fput is itself task work queued after ours.
  */
+#include <linux/file.h>
+#include <linux/fs.h>
 #include <linux/ktime.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
@@ -31,16 +40,19 @@ struct dr_waiter {
 	struct task_struct *task;
 	struct dr_vm *vm;
 	struct dr_ring *ring;
+	struct file *file;	/* the VM's memory file */
 };
 
 static bool dr_wait_done(struct dr_waiter *w)
 {
-	return READ_ONCE(w->vm->dead) || !dr_ring_soft_full(w->ring);
+	return READ_ONCE(w->vm->dead) || READ_ONCE(w->ring->closed) ||
+	       !dr_ring_soft_full(w->ring);
 }
 
 static void dr_wait_run(struct callback_head *work)
 {
 	struct dr_waiter *w = container_of(work, struct dr_waiter, work);
+	struct file *file = w->file;
 	struct dr_vm *vm = w->vm;
 
 	/* At exit there is nobody left to wait for: writes are logged. */
@@ -57,18 +69,22 @@ static void dr_wait_run(struct callback_head *work)
 	list_del(&w->node);
 	spin_unlock(&vm->waiters_lock);
 	kfree(w);
-	dr_vm_put(vm);
+	/* Last: may drop the final reference to this module (see above). */
+	fput(file);
 }
 
 /*
- * Called from page_mkwrite (page locked, mmap_lock held) when @ring reached
- * its soft limit: arms a wait for the current thread, without sleeping.
+ * Called from page_mkwrite (page locked, mmap_lock held, @file being the
+ * faulting mapping's: the VM's memory file) when @ring reached its soft
+ * limit: arms a wait for the current thread, without sleeping.
  */
-void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring)
+void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring, struct file *file)
 {
 	struct dr_waiter *w;
 
-	if (current->flags & (PF_KTHREAD | PF_EXITING))
+	if (current->flags & (PF_KTHREAD | PF_IO_WORKER | PF_EXITING))
+		return;
+	if (current->mm != vm->mm)
 		return;
 
 	spin_lock(&vm->waiters_lock);
@@ -87,16 +103,16 @@ void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring)
 	w->task = current;
 	w->vm = vm;
 	w->ring = ring;
+	w->file = get_file(file);
 	list_add(&w->node, &vm->waiters);
 	spin_unlock(&vm->waiters_lock);
 
-	dr_vm_get(vm);
 	init_task_work(&w->work, dr_wait_run);
 	if (task_work_add(current, &w->work, TWA_RESUME)) {
 		spin_lock(&vm->waiters_lock);
 		list_del(&w->node);
 		spin_unlock(&vm->waiters_lock);
 		kfree(w);
-		dr_vm_put(vm);
+		fput(file);
 	}
 }

@@ -87,6 +87,53 @@ TEST_F(device, unknown_ioctls_get_enotty)
 	}
 }
 
+/* Every limit and feature the header documents, as the module answers it. */
+TEST_F(device, check_extension)
+{
+	static const struct {
+		const char *what;
+		unsigned long cap;
+		long value;
+	} cases[] = {
+		{ "max vCPUs", DIRTYRING_CAP_MAX_VCPUS, DIRTYRING_MAX_VCPUS },
+		{ "max slots", DIRTYRING_CAP_MAX_SLOTS, DIRTYRING_MAX_SLOTS },
+		{ "max slot pages", DIRTYRING_CAP_MAX_SLOT_PAGES,
+		  DIRTYRING_MAX_SLOT_PAGES },
+		{ "page size", DIRTYRING_CAP_PAGE_SIZE, 4096 },
+		{ "ring min", DIRTYRING_CAP_RING_MIN_ENTRIES,
+		  DIRTYRING_RING_MIN_ENTRIES },
+		{ "ring max", DIRTYRING_CAP_RING_MAX_ENTRIES,
+		  DIRTYRING_RING_MAX_ENTRIES },
+		{ "reserve", DIRTYRING_CAP_RING_RESERVED_ENTRIES,
+		  DIRTYRING_RING_RESERVED_ENTRIES },
+		{ "max VMs", DIRTYRING_CAP_MAX_VMS, DIRTYRING_MAX_VMS },
+		{ "max VMs per process", DIRTYRING_CAP_MAX_VMS_PER_PROCESS,
+		  DIRTYRING_MAX_VMS_PER_PROCESS },
+		{ "reset status", DIRTYRING_CAP_RESET_STATUS, 1 },
+		{ "vCPU reopen", DIRTYRING_CAP_VCPU_REOPEN, 1 },
+		{ "pinned relog", DIRTYRING_CAP_PINNED_RELOG, 1 },
+		{ "unknown", 0, 0 },
+		{ "unknown, large", ~0UL, 0 },
+	};
+	int vm = ioctl(self->fd, DIRTYRING_CREATE_VM, 0);
+	unsigned int i;
+
+	ASSERT_LE(0, vm);
+	for (i = 0; i < ARRAY_SIZE(cases); i++) {
+		EXPECT_EQ(cases[i].value, ioctl(self->fd,
+						DIRTYRING_CHECK_EXTENSION,
+						cases[i].cap))
+			TH_LOG("device: %s", cases[i].what);
+		EXPECT_EQ(cases[i].value, ioctl(vm, DIRTYRING_CHECK_EXTENSION,
+						cases[i].cap))
+			TH_LOG("VM: %s", cases[i].what);
+	}
+	/* Half of RAM by default: some pages, and no more than RAM. */
+	EXPECT_LT(0, ioctl(self->fd, DIRTYRING_CHECK_EXTENSION,
+			   DIRTYRING_CAP_MAX_PINNED_PAGES));
+	close(vm);
+}
+
 TEST(open_close_many)
 {
 	int i, fd;

@@ -203,7 +203,7 @@ FIXTURE_TEARDOWN(kvm)
 static void start_clean(struct guest *g)
 {
 	dr_harvest(&g->vm_ring, NULL, NULL);
-	ioctl(g->dr_vm, DIRTYRING_RESET_RINGS, 0);
+	dr_reset_count(g->dr_vm);
 }
 
 static const unsigned int pages0[] = { 16, 17, 40, 100, 200, 255, 17 };
@@ -258,7 +258,7 @@ TEST_F(kvm, reset_invalidates_kvm_mappings)
 	start_clean(&self->g);
 	for (round = 0; round < 3; round++) {
 		run_and_check(_metadata, self, 1);
-		EXPECT_EQ(6, ioctl(self->g.dr_vm, DIRTYRING_RESET_RINGS, 0));
+		EXPECT_EQ(6, dr_reset_count(self->g.dr_vm));
 	}
 }
 

@@ -116,7 +116,7 @@ static long vm_harvest_reset(struct vm *vm)
 
 	for (i = 0; i <= WRITERS; i++)
 		n += dr_harvest(&vm->ring[i], NULL, NULL);
-	if (ioctl(vm->fd, DIRTYRING_RESET_RINGS, 0) != n)
+	if (dr_reset_count(vm->fd) != n)
 		die("reset count");
 	return n;
 }

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -75,7 +76,7 @@ static long harvest_and_reset(FIXTURE_DATA(full) *self)
 {
 	dr_harvest(&self->vcpu_ring, record, self);
 	dr_harvest(&self->vm_ring, record, self);
-	return ioctl(self->vm, DIRTYRING_RESET_RINGS, 0);
+	return dr_reset_count(self->vm);
 }
 
 struct writer {
@@ -216,29 +217,51 @@ TEST_F(full, closing_the_vm_releases_waiters)
 	EXPECT_EQ(0, munmap(self->mem, NPAGES * PAGE_SIZE_4K));
 }
 
+/*
+ * Only the VM's own process waits (another process is a foreign writer that
+ * never does), so the writer killed here is a child that owns its VM; the
+ * parent watches its vCPU through a duplicate of the child's fd.
+ */
 TEST_F(full, killed_while_waiting)
 {
-	int pipefd[2], status;
+	int pipefd[2], status, pidfd, vcpu;
+	struct dr_ring_view ring;
 	pid_t child;
-	char c;
 
 	ASSERT_EQ(0, pipe(pipefd));
 	child = fork();
 	ASSERT_LE(0, child);
 	if (!child) {
-		ioctl(self->vcpu, DIRTYRING_BIND, 0);
+		int vm = dr_create_vm(), fd;
+		char *mem;
+
+		if (vm < 0 || dr_add_slot(vm, 0, NPAGES) ||
+		    dr_enable_rings(vm, RING, RING))
+			_exit(1);
+		fd = ioctl(vm, DIRTYRING_CREATE_VCPU, 0);
+		mem = dr_map_slot(vm, 0, NPAGES);
+		if (fd < 0 || !mem || ioctl(fd, DIRTYRING_BIND, 0))
+			_exit(1);
 		for (unsigned int i = 0; i < SOFT - 1; i++)
-			self->mem[i * PAGE_SIZE_4K] = 1;
-		write(pipefd[1], "x", 1);
-		self->mem[(SOFT - 1) * PAGE_SIZE_4K] = 1;	/* waits here */
+			mem[i * PAGE_SIZE_4K] = 1;
+		write(pipefd[1], &fd, sizeof(fd));
+		mem[(SOFT - 1) * PAGE_SIZE_4K] = 1;	/* waits here */
 		_exit(0);
 	}
-	ASSERT_EQ(1, read(pipefd[0], &c, 1));
-	ASSERT_TRUE(wait_for_waiter(self->vcpu, 0));
+	ASSERT_EQ(sizeof(vcpu), read(pipefd[0], &vcpu, sizeof(vcpu)));
+	pidfd = syscall(__NR_pidfd_open, child, 0);
+	ASSERT_LE(0, pidfd);
+	vcpu = syscall(__NR_pidfd_getfd, pidfd, vcpu, 0);
+	ASSERT_LE(0, vcpu) TH_LOG("pidfd_getfd: %s", strerror(errno));
+	ASSERT_TRUE(wait_for_waiter(vcpu, 0));
 	ASSERT_EQ(0, kill(child, SIGKILL));
 	ASSERT_EQ(child, waitpid(child, &status, 0));
 	EXPECT_TRUE(WIFSIGNALED(status));
-	EXPECT_EQ(SOFT, dr_harvest(&self->vcpu_ring, record, self));
+	ring = (struct dr_ring_view){ dr_map_ring(vcpu, RING), RING, 0 };
+	ASSERT_NE(NULL, ring.entries);
+	EXPECT_EQ(SOFT, dr_harvest(&ring, NULL, NULL));
+	close(vcpu);
+	close(pidfd);
 	close(pipefd[0]);
 	close(pipefd[1]);
 }

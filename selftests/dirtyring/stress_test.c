@@ -83,7 +83,7 @@ static void round_trip(struct stress *s)
 	memset(s->round_count, 0, sizeof(s->round_count));
 	for (i = 0; i <= VCPUS; i++)
 		dr_harvest(&s->rings[i], collect, s);
-	ioctl(s->vm, DIRTYRING_RESET_RINGS, 0);
+	dr_reset_count(s->vm);
 	for (i = 0; i < NPAGES; i++)
 		if (s->round_count[i])
 			memcpy(s->shadow + i * PAGE_SIZE_4K,

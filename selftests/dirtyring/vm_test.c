@@ -150,12 +150,12 @@ TEST_F(vm, reset_makes_writes_log_again)
 		run_writer(_metadata, &w);
 		EXPECT_EQ(0, dr_harvest(&self->vcpu_ring, NULL, NULL));
 		EXPECT_EQ(CHOSEN_UNIQUE,
-			  ioctl(self->vm, DIRTYRING_RESET_RINGS, 0));
+			  dr_reset_count(self->vm));
 		for (i = 0; i < ARRAY_SIZE(chosen); i++)
 			EXPECT_EQ(1, h.count[chosen[i]]);
 	}
 	/* Nothing left to reset. */
-	EXPECT_EQ(0, ioctl(self->vm, DIRTYRING_RESET_RINGS, 0));
+	EXPECT_EQ(0, dr_reset_count(self->vm));
 }
 
 TEST_F(vm, reset_stops_at_first_unharvested_entry)
@@ -170,7 +170,7 @@ TEST_F(vm, reset_stops_at_first_unharvested_entry)
 		__atomic_store_n(&e[i].flags,
 				 DIRTYRING_GFN_F_DIRTY | DIRTYRING_GFN_F_RESET,
 				 __ATOMIC_RELEASE);
-	EXPECT_EQ(2, ioctl(self->vm, DIRTYRING_RESET_RINGS, 0));
+	EXPECT_EQ(2, dr_reset_count(self->vm));
 	EXPECT_EQ(0, e[0].flags);
 	EXPECT_EQ(DIRTYRING_GFN_F_DIRTY, e[2].flags);
 	/* Pages 0 and 1 log again, 2 and 3 are still logged. */
@@ -283,7 +283,7 @@ TEST_F(vm, poll_reports_harvestable_and_soft_full)
 	EXPECT_EQ(1, poll(&p, 1, 0));
 	EXPECT_EQ(POLLIN, p.revents);
 	dr_harvest(&self->vm_ring, NULL, NULL);
-	EXPECT_EQ(1, ioctl(self->vm, DIRTYRING_RESET_RINGS, 0));
+	EXPECT_EQ(1, dr_reset_count(self->vm));
 	EXPECT_EQ(0, poll(&p, 1, 0));
 	/* Up to the soft limit in one system call: no wait on the way out. */
 	ASSERT_EQ(0, ioctl(self->vcpu, DIRTYRING_BIND, 0));
@@ -308,7 +308,7 @@ TEST_F(vm, status_counts)
 	EXPECT_EQ(10, st.pushed);
 	EXPECT_EQ(0, st.flags);
 	dr_harvest(&self->vm_ring, NULL, NULL);
-	EXPECT_EQ(10, ioctl(self->vm, DIRTYRING_RESET_RINGS, 0));
+	EXPECT_EQ(10, dr_reset_count(self->vm));
 	ASSERT_EQ(0, dr_ring_status(self->vm, &st));
 	EXPECT_EQ(0, st.used);
 	EXPECT_EQ(10, st.pushed);
@@ -327,7 +327,7 @@ TEST_F(vm, corrupted_entries_are_reset_harmlessly)
 	e[1].offset = ~0ULL;
 	e[0].flags = DIRTYRING_GFN_F_DIRTY | DIRTYRING_GFN_F_RESET;
 	e[1].flags = DIRTYRING_GFN_F_DIRTY | DIRTYRING_GFN_F_RESET;
-	EXPECT_EQ(2, ioctl(self->vm, DIRTYRING_RESET_RINGS, 0));
+	EXPECT_EQ(2, dr_reset_count(self->vm));
 }
 
 TEST_HARNESS_MAIN

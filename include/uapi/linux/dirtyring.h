@@ -19,28 +19,37 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-/* Bumped on every incompatible change of this header. */
-#define DIRTYRING_API_VERSION 1
+/*
+ * Bumped on every incompatible change of this header.  Compatible additions
+ * are discovered with DIRTYRING_CHECK_EXTENSION instead.
+ */
+#define DIRTYRING_API_VERSION 2
 
 /* 0xDC is unused in Documentation/userspace-api/ioctl/ioctl-number.rst. */
 #define DIRTYRING_IOCTL_TYPE 0xDC
 
 /*
- * Limits.  Past them the ioctl fails with the errno given here.
- *  - VMs per process (EMFILE) and in the system (ENOSPC);
+ * Limits.  Past them the ioctl fails with the errno given here; the module
+ * answers each through DIRTYRING_CHECK_EXTENSION, which is authoritative.
+ *  - VMs per process (per address space: the creator's mm, which a VM
+ *    keeps; EMFILE) and in the system (ENOSPC);
  *  - vCPU ids are 0..DIRTYRING_MAX_VCPUS-1 (EINVAL);
  *  - slot ids are 0..DIRTYRING_MAX_SLOTS-1 (EINVAL), each at most
- *    DIRTYRING_MAX_SLOT_PAGES pages (EINVAL);
+ *    DIRTYRING_MAX_SLOT_SIZE bytes: DIRTYRING_MAX_SLOT_PAGES pages of 4 KiB
+ *    (EINVAL); npages counts pages of DIRTYRING_CAP_PAGE_SIZE bytes;
  *  - guest memory of all VMs together is capped by the module parameter
  *    max_pinned_mb, half of RAM by default (ENOSPC); a slot the kernel
  *    cannot allocate gets ENOMEM;
  *  - ring sizes are powers of two in [MIN, MAX] entries (EINVAL).
+ * Every limit is reachable: a slot's bookkeeping fits the kernel's
+ * allocators, and every slot's mmap offset fits a 32-bit mmap2().
  */
 #define DIRTYRING_MAX_VMS_PER_PROCESS	16
 #define DIRTYRING_MAX_VMS		256
 #define DIRTYRING_MAX_VCPUS		64
 #define DIRTYRING_MAX_SLOTS		32
-#define DIRTYRING_MAX_SLOT_PAGES	_BITULL(28)	/* 1 TiB of 4 KiB pages */
+#define DIRTYRING_MAX_SLOT_SIZE		_BITULL(38)	/* 256 GiB */
+#define DIRTYRING_MAX_SLOT_PAGES	_BITULL(26)	/* of 4 KiB */
 #define DIRTYRING_RING_MIN_ENTRIES	128
 #define DIRTYRING_RING_MAX_ENTRIES	65536		/* as KVM's */
 /*
@@ -67,9 +76,12 @@ struct dirtyring_gfn {
 #define DIRTYRING_GFN_F_RESET	_BITUL(1)
 #define DIRTYRING_GFN_F_MASK	0x3U
 
-/* Where mmap of the VM fd finds a slot's memory and the per-VM ring. */
+/*
+ * Where mmap of the VM fd finds a slot's memory and the per-VM ring.  Slot
+ * windows are DIRTYRING_MAX_SLOT_SIZE apart and end below 2^44 bytes.
+ */
 #define DIRTYRING_VM_RING_MMAP_OFFSET	0ULL
-#define DIRTYRING_SLOT_MMAP_OFFSET(slot)	(((__u64)(slot) + 1) << 40)
+#define DIRTYRING_SLOT_MMAP_OFFSET(slot)	(((__u64)(slot) + 1) << 38)
 /* mmap of a vCPU fd at offset 0 is its ring. */
 #define DIRTYRING_VCPU_RING_MMAP_OFFSET	0ULL
 
@@ -109,8 +121,26 @@ struct dirtyring_ring_status {
 /*
  * A page whose writer finds its ring completely full (the reserve used up,
  * which a writer that waits at its soft limit does not reach) is not lost:
- * the module remembers it and the next reset pushes it to the per-VM ring.
- * poll() reports it as harvestable meanwhile.
+ * the module parks it ("overflow") and the next reset pushes it to the
+ * per-VM ring (struct dirtyring_reset says how many).  poll() reports it as
+ * harvestable meanwhile.
+ *
+ * Who waits.  A thread of the VM's creating process (its mm) whose write
+ * takes its ring to the soft limit waits, holding no lock, on its way back
+ * to user mode (or into a KVM guest), until a reset brings the ring below
+ * the limit, the VM fd is closed, its vCPU fd is closed, or a signal
+ * arrives; the write itself is already logged, it is not logged again.
+ * Every other writer never waits: kernel threads, io_uring workers, and
+ * other processes (process_vm_writev, ptrace, /proc/PID/mem) use the
+ * reserve, then park their pages as overflow.
+ *
+ * Pages held across a reset.  A writer that holds a reference to a page
+ * (a GUP pin taken before the reset: O_DIRECT I/O in flight,
+ * process_vm_writev mid-copy, KVM's kvm_vcpu_map) writes without faulting.
+ * So a page still referenced beyond its mappings when a reset re-arms it
+ * is not re-armed: the same reset logs it again into the per-VM ring (or
+ * parks it), and the next harvest returns it again.  A page pinned for a
+ * long time is logged in every cycle while the pin lasts.
  */
 
 /* On /dev/dirtyring. */
@@ -121,6 +151,27 @@ struct dirtyring_ring_status {
 #define DIRTYRING_GET_API_VERSION	_IO(DIRTYRING_IOCTL_TYPE, 0x00)
 /* Returns a new VM fd; the argument must be 0. */
 #define DIRTYRING_CREATE_VM		_IO(DIRTYRING_IOCTL_TYPE, 0x01)
+/*
+ * On /dev/dirtyring and on a VM fd: the argument is a DIRTYRING_CAP_*;
+ * returns its value, 0 for a capability this module does not know.
+ */
+#define DIRTYRING_CHECK_EXTENSION	_IO(DIRTYRING_IOCTL_TYPE, 0x02)
+
+/* Limits, as above (values). */
+#define DIRTYRING_CAP_MAX_VCPUS			1
+#define DIRTYRING_CAP_MAX_SLOTS			2
+#define DIRTYRING_CAP_MAX_SLOT_PAGES		3	/* of CAP_PAGE_SIZE */
+#define DIRTYRING_CAP_PAGE_SIZE			4	/* tracking granule, bytes */
+#define DIRTYRING_CAP_RING_MIN_ENTRIES		5
+#define DIRTYRING_CAP_RING_MAX_ENTRIES		6
+#define DIRTYRING_CAP_RING_RESERVED_ENTRIES	7
+#define DIRTYRING_CAP_MAX_VMS			8
+#define DIRTYRING_CAP_MAX_VMS_PER_PROCESS	9
+#define DIRTYRING_CAP_MAX_PINNED_PAGES		10	/* max_pinned_mb, in pages */
+/* Features (1 when present). */
+#define DIRTYRING_CAP_RESET_STATUS		11	/* struct dirtyring_reset */
+#define DIRTYRING_CAP_VCPU_REOPEN		12	/* a closed vCPU id is free */
+#define DIRTYRING_CAP_PINNED_RELOG		13	/* held pages logged again */
 
 /*
  * On a VM fd.  Order: ENABLE_RINGS once (EBUSY the second time), before
@@ -132,18 +183,50 @@ struct dirtyring_ring_status {
 /* The argument is the vCPU id; returns a vCPU fd (EEXIST for an id in use). */
 #define DIRTYRING_CREATE_VCPU	_IO(DIRTYRING_IOCTL_TYPE, 0x12)
 /*
- * Re-protects the pages of every RESET entry of every ring, in ring order up
- * to the first entry that is not RESET, and wakes the writers waiting for
- * room.  The argument must be 0.  Returns the number of entries reset.
+ * DIRTYRING_RESET_RINGS, in ring order for each ring: re-protects the pages
+ * of the entries marked RESET, from the ring's reset index up to the first
+ * entry that is not marked, frees them and wakes the writers waiting for
+ * room; then moves parked pages into the per-VM ring while it is below its
+ * soft limit, and logs again the pages that were still held (see above).
+ *
+ * Returns 0 once every entry that was marked RESET when the call began is
+ * reset: only then may the harvester read those pages for migration.  A
+ * signal stops it early with -EINTR (restarted transparently under
+ * SA_RESTART): the entries reset until then stay reset, the others keep
+ * their marks, and calling again finishes the work.  The work of one call
+ * is bounded by the ring sizes, whatever user space writes into the rings.
+ *
+ * overflow_pushed > 0 says parked pages were moved into the per-VM ring:
+ * the harvester harvests and resets again for a harvest that is complete
+ * (after the writers stopped, every page they dirtied).
  */
-#define DIRTYRING_RESET_RINGS	_IO(DIRTYRING_IOCTL_TYPE, 0x13)
+struct dirtyring_reset {
+	__u32 flags;		/* in: none defined, must be 0 */
+	__u32 reserved;		/* in: must be 0 */
+	__u64 entries;		/* out: entries reset by this call */
+	__u64 overflow_pushed;	/* out: parked pages moved into the VM ring */
+	__u64 overflow_pending;	/* out: parked pages still waiting for room */
+	__u64 relogged;		/* out: held pages logged again */
+	__u64 reserved2[3];	/* out: 0 */
+};
+
+#define DIRTYRING_RESET_RINGS \
+	_IOWR(DIRTYRING_IOCTL_TYPE, 0x13, struct dirtyring_reset)
 #define DIRTYRING_GET_RING_STATUS \
 	_IOR(DIRTYRING_IOCTL_TYPE, 0x14, struct dirtyring_ring_status)
 
 /*
  * On a vCPU fd.  BIND makes the calling thread's writes log to this vCPU's
- * ring (EBUSY if the vCPU has a thread or the thread a vCPU of this VM);
- * UNBIND ends it, from any thread (EINVAL if not bound).  Argument 0.
+ * ring (EALREADY if it is bound to this vCPU already, EBUSY if the vCPU has
+ * another thread or the thread another vCPU of this VM); UNBIND ends it,
+ * from any thread (EINVAL if not bound).  Argument 0.  A binding also ends
+ * when its thread exits.
+ *
+ * Closing a vCPU (its last fd and ring mapping gone) ends its binding,
+ * wakes its waiting writer, and parks the pages of its entries that were
+ * not reset yet: the next reset moves them into the per-VM ring, so none
+ * is lost (a page whose entry was marked may come back once more).  Its id
+ * can then be created again, with an empty ring.
  */
 #define DIRTYRING_BIND		_IO(DIRTYRING_IOCTL_TYPE, 0x20)
 #define DIRTYRING_UNBIND	_IO(DIRTYRING_IOCTL_TYPE, 0x21)
@@ -153,6 +236,11 @@ struct dirtyring_ring_status {
  * poll() on a VM fd: EPOLLIN while any ring holds entries not reset yet (or
  * pages wait for room as above), EPOLLPRI while any ring is past its soft
  * limit.
+ *
+ * Mappings.  Rings and slots are mapped MAP_SHARED only (EINVAL otherwise),
+ * rings without PROT_EXEC (EINVAL).  MADV_DONTNEED on a ring mapping or on
+ * slot memory drops only the mapping: the pages and their contents stay,
+ * and the next access maps them again.
  */
 
 #endif /* _UAPI_LINUX_DIRTYRING_H */
