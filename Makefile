@@ -4,6 +4,8 @@
 #   make check        every test tier, ending with "N passed, N failed"
 #   make demo         the main job (see README.md)
 #   make bench        benchmarks, as ratios against baselines of the same run
+#   make stress       the ground-truth stress at STRESS_SCALE (default 20) times
+#                     the work make check gives it, in QEMU
 #   make lint         checkpatch --strict and clang-format only
 #   make install      libdirtyring for a VMM (PREFIX, DESTDIR)
 #   make install-module   dirtyring.ko into /lib/modules/$(KVER)/updates
@@ -24,7 +26,9 @@ cmake_configure = cmake -S userspace -B $(1) -DCMAKE_BUILD_TYPE=RelWithDebInfo $
 	|| { cat $(1).configure.log; exit 1; }
 
 .PHONY: all deps linux-source module selftests userspace userspace-asan userspace-tsan check lint demo \
-	bench install install-module clean
+	bench stress install install-module clean
+
+STRESS_SCALE ?= 20
 
 all: module selftests userspace
 
@@ -69,6 +73,10 @@ demo: all
 
 bench: all
 	@scripts/bench.sh
+
+stress: module selftests
+	selftests/qemu/run --with-loop --env DIRTYRING_STRESS_SCALE=$(STRESS_SCALE) \
+		--test-timeout 3600 --workdir $(BUILD)/qemu-stress $(BUILD)/selftests/stress_test
 
 install: userspace
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/cxx --prefix $(PREFIX)

@@ -15,11 +15,27 @@
  * nobody registered is lost; registering before checking is what makes
  * that harmless.
  *
+ * The ring itself is KVM's protocol (kmod/ring.c): the producer, under the
+ * ring lock, fills an entry, publishes its flags as DIRTY, then advances
+ * dirty_index; the harvester (user space, no lock) marks each DIRTY entry
+ * from its fetch index RESET, then calls the reset; the reset snapshots
+ * dirty_index under the ring lock and walks the marked entries from
+ * reset_index up to the snapshot, stopping at the first unmarked one,
+ * re-arming each entry's page.  When the reset returns, the harvester
+ * copies the pages it marked, so every entry it marked must be reset by
+ * then: otherwise the page stays logged and writable, its later writes are
+ * never logged, and the copy is stale.  Pages parked because the ring was
+ * full move into the ring at a reset, for the next harvest.
+ *
  * Variants that must fail (make check runs them and expects an error):
  *   -DWAIT_UNDER_LOCK   the writer waits while still holding the page lock
  *   -DCHECK_THEN_WAIT   the writer checks, then registers (lost wake-up)
  *   -DZAP_BEFORE_CLEAR  reset zaps the PTE before clearing the logged bit
  *                       (a write in between is never logged)
+ *   -DLOCKLESS_DIRTY_INDEX  the reset reads dirty_index without the ring
+ *                       lock: it can miss an entry the producer published
+ *                       (and the harvester marked) before advancing the
+ *                       index, and return with that entry still marked
  */
 #define WRITERS 2
 #define PAGES 2
@@ -27,19 +43,39 @@
 #define RING 3		/* entries */
 #define SOFT 1		/* soft limit: RING - reserve */
 
+#define DIRTY 1	/* entry flags, as KVM's */
+#define RESET 2
+
 bit page_lock[PAGES];
 bit logged[PAGES];
 bit writable[PAGES];	/* the writer's PTE */
 bit reprotecting[PAGES];	/* reset: logged bit cleared, PTE not yet zapped */
-byte used;		/* ring entries not reset yet */
-byte overflow;		/* pages parked because the ring was full */
+bit parked[PAGES];	/* logged, but the ring was full */
 bit mmu_lock;
 bit registered[WRITERS];
 bit woken[WRITERS];
 byte done;
 
+/* The ring: entries, and the producer's and the reset's indexes. */
+bit ring_lock;
+byte flags[RING];
+byte gfn[RING];		/* the entry's page */
+byte dirty_index;	/* next entry the producer fills */
+byte reset_index;	/* next entry the reset re-arms */
+
+#define used	(dirty_index - reset_index)	/* entries not reset yet */
+#define any_parked	(parked[0] || parked[1])	/* PAGES == 2 */
+
 inline lock(l) { atomic { l == 0 -> l = 1 } }
 inline unlock(l) { l = 0 }
+
+/* dr_ring_push, called with ring_lock held: publish, then advance. */
+inline push(p)
+{
+	gfn[dirty_index % RING] = p;
+	flags[dirty_index % RING] = DIRTY;	/* store-release */
+	dirty_index++
+}
 
 inline wait_for_room(me)
 {
@@ -77,11 +113,13 @@ proctype writer(byte me)
 			if
 			:: !logged[page] ->
 				logged[page] = 1;
+				lock(ring_lock);
 				if
-				:: used < RING -> used++
-				:: else -> overflow++
+				:: used < RING -> push(page)
+				:: else -> parked[page] = 1
 				fi;
-				must_wait = (used >= SOFT)
+				must_wait = (used >= SOFT);
+				unlock(ring_lock)
 			:: else -> skip
 			fi;
 #ifdef WAIT_UNDER_LOCK
@@ -111,40 +149,70 @@ proctype writer(byte me)
 
 proctype harvester()
 {
-	byte page, w;
+	byte page, w, i, snap, fetch;
 
 	do
-	:: done == WRITERS && used == 0 && overflow == 0 -> break
-	:: used > 0 || overflow > 0 ->
+	:: done == WRITERS && used == 0 && !any_parked -> break
+	:: used > 0 || any_parked ->
+		/* Harvest, in user space: mark every published entry RESET. */
+		do
+		:: flags[fetch % RING] == DIRTY ->
+			flags[fetch % RING] = DIRTY | RESET;	/* store-release */
+			fetch++
+		:: else -> break
+		od;
+		/* The reset. */
 		lock(mmu_lock);
-		for (page : 0 .. PAGES - 1) {
-			if
-			:: logged[page] ->
-#ifdef ZAP_BEFORE_CLEAR
-				writable[page] = 0;
-#endif
-				lock(page_lock[page]);
-				reprotecting[page] = 1;
-				logged[page] = 0;
-				unlock(page_lock[page]);
-#ifdef ZAP_BEFORE_CLEAR
-				reprotecting[page] = 0
+#ifdef LOCKLESS_DIRTY_INDEX
+		snap = dirty_index;
 #else
-				writable[page] = 0;	/* zap after clearing */
-				reprotecting[page] = 0
+		lock(ring_lock);	/* a producer that published has advanced too */
+		snap = dirty_index;
+		unlock(ring_lock);
 #endif
+		i = reset_index;
+		do
+		:: i != snap && (flags[i % RING] & RESET) ->
+			page = gfn[i % RING];
+#ifdef ZAP_BEFORE_CLEAR
+			writable[page] = 0;
+#endif
+			lock(page_lock[page]);
+			reprotecting[page] = 1;
+			logged[page] = 0;
+			unlock(page_lock[page]);
+#ifdef ZAP_BEFORE_CLEAR
+			reprotecting[page] = 0;
+#else
+			writable[page] = 0;	/* zap after clearing */
+			reprotecting[page] = 0;
+#endif
+			flags[i % RING] = 0;
+			i++
+		:: else -> break
+		od;
+		reset_index = i;	/* store-release: the entries are free */
+		/* Parked pages move into the ring while it is below its soft limit. */
+		for (page : 0 .. PAGES - 1) {
+			lock(ring_lock);
+			if
+			:: parked[page] && used < SOFT -> push(page); parked[page] = 0
 			:: else -> skip
-			fi
+			fi;
+			unlock(ring_lock)
 		}
-		used = 0;
-		overflow = 0;
 		for (w : 0 .. WRITERS - 1) {
 			if
 			:: registered[w] -> registered[w] = 0; woken[w] = 1
 			:: else -> skip
 			fi
 		}
-		unlock(mmu_lock)
+		unlock(mmu_lock);
+		/*
+		 * The reset returned: the harvester copies the pages it marked
+		 * now, so every entry it marked must be reset (its page re-armed).
+		 */
+		assert(reset_index == fetch)
 	od
 }
 
