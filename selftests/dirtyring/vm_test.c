@@ -7,7 +7,10 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 
@@ -328,6 +331,116 @@ TEST_F(vm, corrupted_entries_are_reset_harmlessly)
 	e[0].flags = DIRTYRING_GFN_F_DIRTY | DIRTYRING_GFN_F_RESET;
 	e[1].flags = DIRTYRING_GFN_F_DIRTY | DIRTYRING_GFN_F_RESET;
 	EXPECT_EQ(2, dr_reset_count(self->vm));
+}
+
+/*
+ * MADV_DONTNEED drops mappings, never data: ring pages fault back in (and
+ * the protocol goes on through them), slot pages keep their contents and
+ * stay tracked.
+ */
+TEST_F(vm, madv_dontneed_keeps_rings_and_memory)
+{
+	struct harvest h = { 0 };
+	size_t ring_bytes = RING_ENTRIES * sizeof(struct dirtyring_gfn);
+
+	self->mem[5 * PAGE_SIZE_4K] = 42;
+	ASSERT_EQ(0, madvise(self->vm_ring.entries, ring_bytes,
+			     MADV_DONTNEED));
+	ASSERT_EQ(0, madvise(self->mem, NPAGES * PAGE_SIZE_4K, MADV_DONTNEED));
+	EXPECT_EQ(42, self->mem[5 * PAGE_SIZE_4K]);
+	EXPECT_EQ(1, dr_harvest(&self->vm_ring, record, &h));
+	EXPECT_EQ(1, h.count[5]);
+	EXPECT_EQ(1, dr_reset_count(self->vm));
+	ASSERT_EQ(0, madvise(self->vm_ring.entries, ring_bytes,
+			     MADV_DONTNEED));
+	/* Re-armed: the next write logs again, into the faulted-in ring. */
+	self->mem[5 * PAGE_SIZE_4K] = 43;
+	EXPECT_EQ(1, dr_harvest(&self->vm_ring, record, &h));
+	EXPECT_EQ(2, h.count[5]);
+	EXPECT_EQ(0, h.bad);
+}
+
+/*
+ * Ring memory is charged to the memory cgroup of whoever enables the rings.
+ * Skipped where the kernel has no cgroup2 memory controller to read.
+ */
+TEST(rings_are_charged_to_the_memcg)
+{
+	const char *root = "/sys/fs/cgroup", *cg = "/sys/fs/cgroup/dirtyring";
+	char path[128], buf[64];
+	long before, after;
+	int fd, vm, vcpu;
+	FILE *f;
+
+	mkdir(root, 0755);
+	if (mount("none", root, "cgroup2", 0, NULL) && errno != EBUSY)
+		SKIP(return, "no cgroup2: %s", strerror(errno));
+	fd = open("/sys/fs/cgroup/cgroup.subtree_control", O_WRONLY);
+	if (fd < 0 || write(fd, "+memory", 7) != 7)
+		SKIP(return, "no memory controller");
+	close(fd);
+	mkdir(cg, 0755);
+	snprintf(path, sizeof(path), "%s/cgroup.procs", cg);
+	f = fopen(path, "w");
+	ASSERT_NE(NULL, f);
+	fprintf(f, "%d\n", getpid());
+	ASSERT_EQ(0, fclose(f));
+	snprintf(path, sizeof(path), "%s/memory.current", cg);
+
+	f = fopen(path, "r");
+	ASSERT_NE(NULL, f);
+	ASSERT_NE(NULL, fgets(buf, sizeof(buf), f));
+	fclose(f);
+	before = atol(buf);
+	vm = dr_create_vm();
+	ASSERT_LE(0, vm);
+	/* Two rings of 65536 entries: 2 MiB. */
+	ASSERT_EQ(0, dr_enable_rings(vm, 65536, 65536));
+	vcpu = ioctl(vm, DIRTYRING_CREATE_VCPU, 0);
+	ASSERT_LE(0, vcpu);
+	f = fopen(path, "r");
+	ASSERT_NE(NULL, f);
+	ASSERT_NE(NULL, fgets(buf, sizeof(buf), f));
+	fclose(f);
+	after = atol(buf);
+	EXPECT_LE(2L << 20, after - before)
+		TH_LOG("memory.current %ld -> %ld", before, after);
+	close(vcpu);
+	close(vm);
+}
+
+/*
+ * The per-process cap counts address spaces: a forked child, whatever its
+ * pid number, has its own, and the parent's VMs stay the parent's.
+ */
+TEST(vm_cap_counts_address_spaces)
+{
+	int vms[DIRTYRING_MAX_VMS_PER_PROCESS], i, status;
+	pid_t child;
+
+	for (i = 0; i < DIRTYRING_MAX_VMS_PER_PROCESS; i++)
+		ASSERT_LE(0, vms[i] = dr_create_vm());
+	EXPECT_EQ(-1, dr_create_vm());
+	EXPECT_EQ(EMFILE, errno);
+	child = fork();
+	ASSERT_LE(0, child);
+	if (!child) {
+		int n = 0, fd;
+
+		/* It holds the parent's fds, but they are the parent's VMs. */
+		while (n <= DIRTYRING_MAX_VMS_PER_PROCESS &&
+		       (fd = dr_create_vm()) >= 0)
+			n++;
+		_exit(n == DIRTYRING_MAX_VMS_PER_PROCESS && errno == EMFILE ?
+		      0 : 1);
+	}
+	ASSERT_EQ(child, waitpid(child, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status) && !WEXITSTATUS(status));
+	/* The child's VMs died with it; the parent is still full. */
+	EXPECT_EQ(-1, dr_create_vm());
+	EXPECT_EQ(EMFILE, errno);
+	for (i = 0; i < DIRTYRING_MAX_VMS_PER_PROCESS; i++)
+		close(vms[i]);
 }
 
 TEST_HARNESS_MAIN
