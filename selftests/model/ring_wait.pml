@@ -69,11 +69,18 @@ byte reset_index;	/* next entry the reset re-arms */
 inline lock(l) { atomic { l == 0 -> l = 1 } }
 inline unlock(l) { l = 0 }
 
-/* dr_ring_push, called with ring_lock held: publish, then advance. */
+/*
+ * dr_ring_push, called with ring_lock held: fill and publish the entry
+ * (store-release of DIRTY; one step, nobody reads the entry's page before
+ * its flags), then advance dirty_index: another step, the window in which
+ * the harvester already sees the entry and the index does not show it yet.
+ */
 inline push(p)
 {
-	gfn[dirty_index % RING] = p;
-	flags[dirty_index % RING] = DIRTY;	/* store-release */
+	atomic {
+		gfn[dirty_index % RING] = p;
+		flags[dirty_index % RING] = DIRTY
+	};
 	dirty_index++
 }
 
@@ -118,8 +125,7 @@ proctype writer(byte me)
 				:: used < RING -> push(page)
 				:: else -> parked[page] = 1
 				fi;
-				must_wait = (used >= SOFT);
-				unlock(ring_lock)
+				d_step { must_wait = (used >= SOFT); unlock(ring_lock) }
 			:: else -> skip
 			fi;
 #ifdef WAIT_UNDER_LOCK
@@ -156,9 +162,11 @@ proctype harvester()
 	:: used > 0 || any_parked ->
 		/* Harvest, in user space: mark every published entry RESET. */
 		do
-		:: flags[fetch % RING] == DIRTY ->
+		:: atomic {
+			flags[fetch % RING] == DIRTY ->	/* load-acquire */
 			flags[fetch % RING] = DIRTY | RESET;	/* store-release */
 			fetch++
+		   }
 		:: else -> break
 		od;
 		/* The reset. */
@@ -166,14 +174,12 @@ proctype harvester()
 #ifdef LOCKLESS_DIRTY_INDEX
 		snap = dirty_index;
 #else
-		lock(ring_lock);	/* a producer that published has advanced too */
-		snap = dirty_index;
-		unlock(ring_lock);
+		/* Under the ring lock: a producer that published has advanced too. */
+		atomic { ring_lock == 0 -> snap = dirty_index };
 #endif
 		i = reset_index;
 		do
-		:: i != snap && (flags[i % RING] & RESET) ->
-			page = gfn[i % RING];
+		:: atomic { i != snap && (flags[i % RING] & RESET) -> page = gfn[i % RING] };
 #ifdef ZAP_BEFORE_CLEAR
 			writable[page] = 0;
 #endif
@@ -187,20 +193,24 @@ proctype harvester()
 			writable[page] = 0;	/* zap after clearing */
 			reprotecting[page] = 0;
 #endif
-			flags[i % RING] = 0;
-			i++
+			d_step { flags[i % RING] = 0; i++ }
 		:: else -> break
 		od;
-		reset_index = i;	/* store-release: the entries are free */
+		/* store-release: the entries are free; then forget the walk */
+		atomic { reset_index = i; i = 0; snap = 0; page = 0 };
 		/* Parked pages move into the ring while it is below its soft limit. */
-		for (page : 0 .. PAGES - 1) {
-			lock(ring_lock);
-			if
-			:: parked[page] && used < SOFT -> push(page); parked[page] = 0
-			:: else -> skip
-			fi;
-			unlock(ring_lock)
-		}
+		if
+		:: any_parked ->
+			for (page : 0 .. PAGES - 1) {
+				lock(ring_lock);
+				if
+				:: parked[page] && used < SOFT -> push(page); parked[page] = 0
+				:: else -> skip
+				fi;
+				unlock(ring_lock)
+			}
+		:: else -> skip
+		fi;
 		for (w : 0 .. WRITERS - 1) {
 			if
 			:: registered[w] -> registered[w] = 0; woken[w] = 1

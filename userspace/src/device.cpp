@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "dirtyring/error.hpp"
+#include "module_check_extension.hpp"
 
 namespace dirtyring {
 
@@ -30,6 +31,10 @@ int Device::api_version() const {
 
 int Device::expected_api_version() noexcept {
     return DIRTYRING_API_VERSION;
+}
+
+std::uint64_t Device::check_extension(Capability cap) const {
+    return module_check_extension(fd_.get(), cap, path_);
 }
 
 }  // namespace dirtyring

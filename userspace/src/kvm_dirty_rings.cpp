@@ -48,10 +48,20 @@ KvmDirtyRings::KvmDirtyRings(int vm_fd, std::span<const int> vcpu_fds, std::uint
     }
 }
 
-std::uint64_t KvmDirtyRings::reset() {
-    const int n = ::ioctl(vm_fd_, KVM_RESET_DIRTY_RINGS, 0);
-    if (n < 0) throw_errno("KVM_RESET_DIRTY_RINGS");
-    return static_cast<std::uint64_t>(n);
+ResetResult KvmDirtyRings::reset() {
+    // Since Linux 6.17 KVM stops a reset on a pending signal and returns the
+    // count reset so far, as if it were done (the Harvester sees the marks
+    // left and resets again).  Retrying EINTR covers a KVM that reports it.
+    ResetResult result;
+    for (;;) {
+        const int n = ::ioctl(vm_fd_, KVM_RESET_DIRTY_RINGS, 0);
+        if (n >= 0) {
+            result.entries += static_cast<std::uint64_t>(n);
+            return result;
+        }
+        if (errno != EINTR) throw_errno("KVM_RESET_DIRTY_RINGS");
+        ++result.interrupted;
+    }
 }
 
 }  // namespace dirtyring

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "dirtyring/error.hpp"
+#include "module_check_extension.hpp"
 #include "module_ring_status.hpp"
 
 namespace dirtyring {
@@ -18,6 +19,7 @@ static_assert(sizeof(DirtyGfn) == sizeof(dirtyring_gfn));
 static_assert(kGfnDirty == DIRTYRING_GFN_F_DIRTY && kGfnReset == DIRTYRING_GFN_F_RESET);
 static_assert(ModuleVm::kMaxVcpus == DIRTYRING_MAX_VCPUS);
 static_assert(ModuleVm::kMaxSlots == DIRTYRING_MAX_SLOTS);
+static_assert(ModuleVm::kMaxSlotSize == DIRTYRING_MAX_SLOT_SIZE);
 static_assert(ModuleVm::kMaxSlotPages == DIRTYRING_MAX_SLOT_PAGES);
 static_assert(ModuleVm::kRingMinEntries == DIRTYRING_RING_MIN_ENTRIES);
 static_assert(ModuleVm::kRingMaxEntries == DIRTYRING_RING_MAX_ENTRIES);
@@ -33,6 +35,12 @@ constexpr std::uint64_t slot_mmap_offset(std::uint32_t slot) {
     return DIRTYRING_SLOT_MMAP_OFFSET(slot);
 }
 #pragma GCC diagnostic pop
+
+// Every slot's window holds the largest slot, and the last one ends below
+// 2^44 bytes (a 32-bit mmap2() reaches it).
+static_assert(slot_mmap_offset(1) - slot_mmap_offset(0) == ModuleVm::kMaxSlotSize);
+static_assert(slot_mmap_offset(0) >= ModuleVm::kMaxSlotSize);
+static_assert(slot_mmap_offset(ModuleVm::kMaxSlots - 1) + ModuleVm::kMaxSlotSize <= 1ULL << 44);
 
 UniqueFd create_vm(const Device& device) {
     UniqueFd fd(::ioctl(device.fd(), DIRTYRING_CREATE_VM, 0));
@@ -121,10 +129,32 @@ ModuleVm::Readiness ModuleVm::poll(std::chrono::milliseconds timeout) const {
     return {(p.revents & POLLIN) != 0, (p.revents & POLLPRI) != 0};
 }
 
-std::uint64_t ModuleVm::reset() {
-    const int n = ::ioctl(fd_.get(), DIRTYRING_RESET_RINGS, 0);
-    if (n < 0) throw_errno("DIRTYRING_RESET_RINGS");
-    return static_cast<std::uint64_t>(n);
+ResetResult ModuleVm::reset() {
+    ResetResult total;
+    for (;;) {
+        dirtyring_reset req{};
+        const int rc = ::ioctl(fd_.get(), DIRTYRING_RESET_RINGS, &req);
+        const int error = errno;
+        // An interrupted call's work stays done.  The module reports no
+        // counts for it (they stay 0 here); were it to, they would add up,
+        // so that parked pages an interrupted call moved are not missed.
+        total.entries += req.entries;
+        total.moved += req.overflow_pushed;
+        total.relogged += req.relogged;
+        if (rc == 0) {
+            total.pending = req.overflow_pending;
+            return total;
+        }
+        if (error != EINTR) {
+            errno = error;
+            throw_errno("DIRTYRING_RESET_RINGS");
+        }
+        ++total.interrupted;
+    }
+}
+
+std::uint64_t ModuleVm::check_extension(Capability cap) const {
+    return module_check_extension(fd_.get(), cap, "VM fd");
 }
 
 }  // namespace dirtyring

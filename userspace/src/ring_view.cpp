@@ -28,7 +28,15 @@ std::size_t RingView::collect(std::span<DirtyPage> out) noexcept {
         flags.store(f | kGfnReset, std::memory_order_release);
         ++fetch_index_;
     }
+    if (n) marked_ = true;
     return n;
+}
+
+bool RingView::last_mark_pending() const noexcept {
+    if (!marked_) return false;
+    DirtyGfn& entry = entries_[(fetch_index_ - 1) & (size_ - 1)];
+    std::atomic_ref<std::uint32_t> flags(entry.flags);
+    return (flags.load(std::memory_order_acquire) & kGfnReset) != 0;
 }
 
 }  // namespace dirtyring

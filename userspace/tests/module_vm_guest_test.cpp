@@ -2,11 +2,15 @@
 // kernel (only built into dirtyring_guest_tests: on the host there is no
 // module, and these tests must not pass there by skipping).
 #include <gtest/gtest.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -19,6 +23,7 @@
 #include "dirtyring/harvester.hpp"
 #include "dirtyring/module_vm.hpp"
 #include "harvested_pages.hpp"
+#include "signal_storm.hpp"
 
 namespace {
 
@@ -120,7 +125,7 @@ TEST_P(ModuleHarvest, ReturnsExactlyThePagesEachRingsWriterWrote) {
         std::sort(offsets.begin(), offsets.end());
         EXPECT_EQ(pages[r], offsets) << "ring " << r;
     }
-    EXPECT_EQ(kPages - 1000, vm.reset());
+    EXPECT_EQ(kPages - 1000, vm.reset().entries);
     for (std::uint32_t i = 0; i < vcpus; ++i) {
         EXPECT_EQ(pages[i].size(), vm.vcpu(i).ring_status().pushed) << "vCPU " << i;
         EXPECT_FALSE(vm.vcpu(i).ring_status().bound) << "vCPU " << i;
@@ -315,6 +320,207 @@ TEST(ModuleHarvestConcurrent, HarvestWhileWritersRunLosesNothing) {
     EXPECT_EQ(0U, stale) << "words written but never harvested after their write";
     EXPECT_EQ(0U, missed) << "pages written, never harvested";
     EXPECT_EQ(0U, unwritten) << "pages harvested, never written";
+}
+
+// --- harvest under a signal storm ---------------------------------------------
+
+using dirtyring::testing_support::SignalStorm;
+
+// A harvester over `vm` that, in after_reset, copies the first `words`
+// words of every harvested page of slot 0 into a shadow: what a migration
+// sends.  After the writers stopped and one more harvest, the shadow must
+// equal the memory: a page handed out before its reset, or left behind
+// (parked), leaves a stale word.
+class ShadowCopy {
+public:
+    ShadowCopy(ModuleVm& vm, std::uint64_t pages, unsigned words)
+        : harvester_(vm),
+          memory_(vm.slot_memory(0)),
+          words_(words),
+          shadow_(pages * words),
+          harvested_(pages) {}
+
+    std::uint64_t harvest() {
+        return harvester_.harvest(
+            [&](std::span<const DirtyPage> p) {
+                pending_.insert(pending_.end(), p.begin(), p.end());
+            },
+            [&] {
+                for (const auto& p : pending_) {
+                    harvested_.at(p.offset) = true;
+                    for (unsigned w = 0; w < words_; ++w)
+                        shadow_[p.offset * words_ + w] = read_word(memory_, p.offset, w);
+                }
+                pending_.clear();
+            });
+    }
+
+    std::uint64_t stale_words() const {
+        std::uint64_t stale = 0;
+        for (std::uint64_t page = 0; page < harvested_.size(); ++page)
+            for (unsigned w = 0; w < words_; ++w)
+                stale += shadow_[page * words_ + w] != read_word(memory_, page, w);
+        return stale;
+    }
+    bool harvested(std::uint64_t page) const { return harvested_.at(page); }
+    Harvester::Stats stats() { return harvester_.stats(); }
+
+    void print_stats(std::uint64_t signals) {
+        const auto s = stats();
+        std::printf(
+            "signals %llu, harvests %llu, resets %llu (%llu again for marks left, "
+            "%llu calls interrupted), %llu extra passes for parked pages\n",
+            static_cast<unsigned long long>(signals), static_cast<unsigned long long>(s.harvests),
+            static_cast<unsigned long long>(s.resets),
+            static_cast<unsigned long long>(s.resets_for_marks),
+            static_cast<unsigned long long>(s.interrupted),
+            static_cast<unsigned long long>(s.extra_passes));
+    }
+
+private:
+    Harvester harvester_;
+    std::span<std::uint8_t> memory_;
+    unsigned words_;
+    std::vector<DirtyPage> pending_;  // only the harvesting thread touches these
+    std::vector<std::uint64_t> shadow_;
+    std::vector<bool> harvested_;
+};
+
+// Writers (two bound, one not) write counters into overlapping pages while
+// the harvesting thread takes a signal every 100 us, and copies harvested
+// pages after each reset.  After the writers stop, one harvest, still under
+// the storm, must leave the shadow equal to the memory.  Two shapes: small
+// rings, so the writers keep waiting for resets that signals cut short; and
+// large rings harvested every few milliseconds, so that a reset has more
+// than the 1024 entries after which the module checks for a signal.
+struct StormCase {
+    const char* name;
+    std::uint32_t ring_entries;       // per vCPU and of the VM ring
+    std::uint64_t pages_each;         // pages each writer writes, overlapping the next's by half
+    std::chrono::microseconds pause;  // between harvests
+    unsigned writes_each;             // at least, and on until
+    std::uint64_t min_rounds;         // harvests ran alongside
+};
+
+void PrintTo(const StormCase& c, std::ostream* os) {
+    *os << c.name;
+}
+
+class HarvesterUnderSignalStorm : public testing::TestWithParam<StormCase> {};
+
+TEST_P(HarvesterUnderSignalStorm, ShadowEqualsMemoryAfterTheLastHarvest) {
+    const StormCase& c = GetParam();
+    constexpr std::uint32_t kWriters = 3;
+    const std::uint64_t pages = (kWriters + 1) * c.pages_each / 2;
+    ModuleVm vm(
+        Device::open(),
+        {.vcpu_ring_entries = c.ring_entries, .vm_ring_entries = c.ring_entries, .vcpus = 2});
+    vm.add_slot(0, pages);
+    const auto memory = vm.slot_memory(0);
+    ShadowCopy copy(vm, pages, kWriters);
+    std::vector<std::vector<bool>> written(kWriters, std::vector<bool>(pages));
+    std::atomic<std::uint32_t> running{kWriters};
+    std::atomic<std::uint64_t> rounds{0};
+    const std::uint64_t signals_before = SignalStorm::delivered();
+    {
+        SignalStorm storm(std::chrono::microseconds(100));
+        {
+            std::vector<std::jthread> threads;
+            for (std::uint32_t w = 0; w < kWriters; ++w)
+                threads.emplace_back([&, w] {
+                    ModuleVcpu::Binding binding;
+                    if (w < 2) binding = vm.vcpu(w).bind();
+                    std::mt19937_64 rng(w + 100);
+                    // Work, not time: on until the collector ran its rounds
+                    // and the storm was felt, however fast the machine.
+                    for (unsigned i = 1; i <= c.writes_each || rounds.load() < c.min_rounds ||
+                                         SignalStorm::delivered() - signals_before < 100;
+                         ++i) {
+                        const std::uint64_t page = w * c.pages_each / 2 + rng() % c.pages_each;
+                        written[w][page] = true;
+                        write_word(memory, page, w, i);
+                    }
+                    --running;
+                });
+            const auto deadline = std::chrono::steady_clock::now() + 60s;
+            while (running.load() > 0) {
+                ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "writers stuck";
+                if (c.pause.count()) std::this_thread::sleep_for(c.pause);
+                copy.harvest();
+                ++rounds;
+            }
+        }
+        copy.harvest();  // the one harvest after the stop, still under the storm
+    }
+    const std::uint64_t signals = SignalStorm::delivered() - signals_before;
+    copy.print_stats(signals);
+    EXPECT_LE(100U, signals) << "the storm did not happen";
+    EXPECT_LE(c.min_rounds, rounds.load());
+    EXPECT_EQ(0U, copy.stale_words()) << "words written but never copied after their write";
+    std::uint64_t missed = 0, unwritten = 0;
+    for (std::uint64_t page = 0; page < pages; ++page) {
+        bool any = false;
+        for (unsigned w = 0; w < kWriters; ++w) any = any || written[w][page];
+        missed += any && !copy.harvested(page);
+        unwritten += !any && copy.harvested(page);
+    }
+    EXPECT_EQ(0U, missed) << "pages written, never harvested";
+    EXPECT_EQ(0U, unwritten) << "pages harvested, never written";
+    EXPECT_EQ(0U, copy.harvest()) << "the last harvest left pages behind";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, HarvesterUnderSignalStorm,
+                         testing::Values(StormCase{"small_rings", 256, 1024,
+                                                   std::chrono::microseconds(0), 20000, 20},
+                                         StormCase{"long_resets", 4096, 2048,
+                                                   std::chrono::microseconds(2000), 10000, 10}),
+                         [](const auto& param_info) { return std::string(param_info.param.name); });
+
+// Another process writes (process_vm_writev) far more pages than the
+// per-VM ring holds: it never waits, so the module parks what does not
+// fit.  One harvest, under the storm, must return every page, parked ones
+// included, each copied after its reset.
+TEST(HarvesterParkedUnderSignalStorm, OneHarvestReturnsPagesParkedByAnotherProcess) {
+    constexpr std::uint64_t kPages = 1000;
+    ModuleVm vm(Device::open(), {.vcpu_ring_entries = 128, .vm_ring_entries = 128, .vcpus = 1});
+    vm.add_slot(0, kPages);
+    const auto memory = vm.slot_memory(0);
+    ShadowCopy copy(vm, kPages, 1);
+    const pid_t parent = ::getpid();
+    const pid_t child = ::fork();
+    ASSERT_LE(0, child);
+    if (child == 0) {
+        for (std::uint64_t page = 0; page < kPages; ++page) {
+            std::uint64_t value = page + 1;
+            iovec local{&value, sizeof(value)};
+            iovec remote{memory.data() + page * kPage, sizeof(value)};
+            if (::process_vm_writev(parent, &local, 1, &remote, 1, 0) != sizeof(value)) ::_exit(1);
+        }
+        ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(child, ::waitpid(child, &status, 0));
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "process_vm_writev into module memory failed in the child";
+    EXPECT_LT(0U, total_overflows(vm)) << "nothing was parked: the test proves nothing";
+    std::uint64_t harvested = 0;
+    const std::uint64_t signals_before = SignalStorm::delivered();
+    {
+        SignalStorm storm(std::chrono::microseconds(100));
+        harvested = copy.harvest();
+    }
+    copy.print_stats(SignalStorm::delivered() - signals_before);
+    EXPECT_EQ(kPages, harvested);
+    EXPECT_LT(0U, copy.stats().extra_passes);
+    std::uint64_t missed = 0, unwritten = 0;
+    for (std::uint64_t page = 0; page < kPages; ++page) {
+        missed += !copy.harvested(page);
+        unwritten += read_word(memory, page, 0) != page + 1;
+    }
+    EXPECT_EQ(0U, missed) << "pages written, not harvested by the one harvest";
+    EXPECT_EQ(0U, unwritten) << "pages the other process did not write";
+    EXPECT_EQ(0U, copy.stale_words());
+    EXPECT_EQ(0U, copy.harvest());
 }
 
 // --- poll ----------------------------------------------------------------------

@@ -1,11 +1,31 @@
 // The dirtyring module's device, /dev/dirtyring.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "dirtyring/unique_fd.hpp"
 
 namespace dirtyring {
+
+// What DIRTYRING_CHECK_EXTENSION answers about (the uAPI's DIRTYRING_CAP_*).
+enum class Capability : std::uint32_t {
+    // Limits: the value.
+    MaxVcpus = 1,
+    MaxSlots = 2,
+    MaxSlotPages = 3,  // of PageSize bytes
+    PageSize = 4,      // the tracking granule, bytes
+    RingMinEntries = 5,
+    RingMaxEntries = 6,
+    RingReservedEntries = 7,
+    MaxVms = 8,
+    MaxVmsPerProcess = 9,
+    MaxPinnedPages = 10,  // the module's max_pinned_mb, in pages
+    // Features: 1 when present.
+    ResetStatus = 11,  // DIRTYRING_RESET_RINGS reports struct dirtyring_reset
+    VcpuReopen = 12,   // a closed vCPU's id can be created again
+    PinnedRelog = 13,  // pages held across a reset are logged again
+};
 
 class Device {
 public:
@@ -21,6 +41,11 @@ public:
 
     // The API version this library was built against.
     static int expected_api_version() noexcept;
+
+    // DIRTYRING_CHECK_EXTENSION: the module's value of a limit, 1 for a
+    // feature it has, 0 for a capability it does not know.  Throws Error if
+    // the module cannot answer.
+    std::uint64_t check_extension(Capability cap) const;
 
     int fd() const noexcept { return fd_.get(); }
 

@@ -23,7 +23,9 @@ public:
     KvmDirtyRings(int vm_fd, std::span<const int> vcpu_fds, std::uint32_t entries);
 
     std::span<RingView> rings() override { return views_; }
-    std::uint64_t reset() override;
+    // KVM_RESET_DIRTY_RINGS, retried on EINTR.  KVM parks nothing: moved and
+    // pending are always 0, and a harvest that found nothing skips it.
+    ResetResult reset() override;
 
 private:
     int vm_fd_;

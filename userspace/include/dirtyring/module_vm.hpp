@@ -36,7 +36,8 @@ public:
     static constexpr std::uint64_t kPageSize = 4096;
     static constexpr std::uint32_t kMaxVcpus = 64;
     static constexpr std::uint32_t kMaxSlots = 32;
-    static constexpr std::uint64_t kMaxSlotPages = 1ULL << 28;
+    static constexpr std::uint64_t kMaxSlotSize = 1ULL << 38;  // bytes (256 GiB)
+    static constexpr std::uint64_t kMaxSlotPages = kMaxSlotSize / kPageSize;
     static constexpr std::uint32_t kRingMinEntries = 128;
     static constexpr std::uint32_t kRingMaxEntries = 65536;
     static constexpr std::uint32_t kRingReservedEntries = 64;
@@ -89,9 +90,19 @@ public:
 
     // RingBackend: each vCPU's ring in creation order, then the per-VM ring.
     std::span<RingView> rings() override { return views_; }
-    // DIRTYRING_RESET_RINGS: also the only thing that moves pages parked by a
-    // full ring into the per-VM ring.
-    std::uint64_t reset() override;
+    // DIRTYRING_RESET_RINGS, called again while a signal interrupts it
+    // (EINTR), so it returns only once every entry marked when it was called
+    // is reset; the counts add up over those calls.  Also the only thing that
+    // moves pages parked by a full ring into the per-VM ring (moved), while
+    // that ring is below its soft limit.  Throws Error on any other failure.
+    ResetResult reset() override;
+    // The per-VM ring's soft limit: what one reset moves at most.
+    std::uint64_t parked_pages_per_reset() const noexcept override {
+        return options_.vm_ring_entries - kRingReservedEntries;
+    }
+
+    // DIRTYRING_CHECK_EXTENSION on the VM fd (see Device::check_extension).
+    std::uint64_t check_extension(Capability cap) const;
 
     int fd() const noexcept { return fd_.get(); }
 

@@ -37,6 +37,14 @@ public:
     // with release, as KVM's protocol requires.  Returns how many it wrote.
     std::size_t collect(std::span<DirtyPage> out) noexcept;
 
+    // Whether the entry this view marked last (at fetch_index() - 1) still
+    // carries RESET, loaded with acquire: no reset has re-armed it yet.  A
+    // reset walks a ring in order, so once the last mark is gone every
+    // earlier one is too.  A reset clears the flags to 0, and a producer
+    // reusing the entry afterwards writes DIRTY only, so RESET is never seen
+    // again on an entry that was reset.  False before the first mark.
+    bool last_mark_pending() const noexcept;
+
     std::uint32_t size() const noexcept { return size_; }
     std::uint32_t fetch_index() const noexcept { return fetch_index_; }
 
@@ -44,6 +52,7 @@ private:
     DirtyGfn* entries_;
     std::uint32_t size_;
     std::uint32_t fetch_index_ = 0;
+    bool marked_ = false;  // collect() marked an entry at least once
 };
 
 }  // namespace dirtyring
