@@ -95,12 +95,23 @@ static int dr_vm_add_slot(struct dr_vm *vm, void __user *argp)
 	return ret;
 }
 
+static int dr_vm_reset_ring(struct dr_vm *vm, struct dr_ring *ring,
+			    struct dirtyring_reset *req)
+{
+	int n = dr_ring_reset(vm, ring);
+
+	if (n < 0)
+		return n;
+	req->entries += n;
+	return 0;
+}
+
 /* DIRTYRING_RESET_RINGS: see the uAPI header for the contract. */
 static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 {
 	struct dirtyring_reset req;
-	long ret = 0;
-	int i, n;
+	int ret = 0;
+	int i;
 
 	if (copy_from_user(&req, argp, sizeof(req)))
 		return -EFAULT;
@@ -113,20 +124,14 @@ static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 
 	if (mutex_lock_interruptible(&vm->mmu_lock))
 		return -ERESTARTSYS;
-	for (i = 0; i <= DIRTYRING_MAX_VCPUS; i++) {
-		struct dr_vcpu *vcpu = i < DIRTYRING_MAX_VCPUS ?
-				       dr_vm_vcpu(vm, i) : NULL;
-		struct dr_ring *ring = vcpu ? &vcpu->ring : &vm->vm_ring;
+	for (i = 0; i < DIRTYRING_MAX_VCPUS && !ret; i++) {
+		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
 
-		if (i < DIRTYRING_MAX_VCPUS && !vcpu)
-			continue;
-		n = dr_ring_reset(vm, ring);
-		if (n < 0) {
-			ret = n;
-			break;
-		}
-		req.entries += n;
+		if (vcpu)
+			ret = dr_vm_reset_ring(vm, &vcpu->ring, &req);
 	}
+	if (!ret)
+		ret = dr_vm_reset_ring(vm, &vm->vm_ring, &req);
 	/*
 	 * Parked pages move only when every ring was reset: the caller harvests
 	 * again if told so, and an interrupted call tells nothing.
