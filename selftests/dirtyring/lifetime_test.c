@@ -73,6 +73,14 @@ static int vm_init(struct vm *v, bool vcpu)
 	return v->mem && (!vcpu || v->vcpu >= 0) ? 0 : -1;
 }
 
+static void see(void *arg, uint32_t slot, uint64_t offset)
+{
+	uint8_t *seen = arg;
+
+	if (slot == 0 && offset < NPAGES)
+		seen[offset] = 1;
+}
+
 /* Harvests @rings completely (parked pages too); counts pages in @seen. */
 static int harvest_all(int vm, struct dr_ring_view *rings, int n,
 		       uint8_t *seen)
@@ -81,26 +89,8 @@ static int harvest_all(int vm, struct dr_ring_view *rings, int n,
 	int i;
 
 	do {
-		for (i = 0; i < n; i++) {
-			struct dr_ring_view *ring = &rings[i];
-
-			for (;;) {
-				struct dirtyring_gfn *e = &ring->entries[
-					ring->fetch_index & (ring->size - 1)];
-				uint32_t f = __atomic_load_n(&e->flags,
-							     __ATOMIC_ACQUIRE);
-
-				if (!(f & DIRTYRING_GFN_F_DIRTY) ||
-				    (f & DIRTYRING_GFN_F_RESET))
-					break;
-				if (e->slot == 0 && e->offset < NPAGES)
-					seen[e->offset] = 1;
-				__atomic_store_n(&e->flags,
-						 f | DIRTYRING_GFN_F_RESET,
-						 __ATOMIC_RELEASE);
-				ring->fetch_index++;
-			}
-		}
+		for (i = 0; i < n; i++)
+			dr_harvest(&rings[i], see, seen);
 		if (dr_reset(vm, &r))
 			return -1;
 	} while (r.overflow_pushed);

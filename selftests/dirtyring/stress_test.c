@@ -48,7 +48,7 @@
 
 /* Shared with the remote writer process. */
 struct control {
-	volatile int pause;
+	int pause;
 	int paused;		/* writers stopped at the pause */
 	int remote_done;	/* the remote writer finished its work */
 };
@@ -82,15 +82,20 @@ static unsigned int scale(void)
 	return n > 0 ? n : 1;
 }
 
-/* Between two writes: stops while the collector checks. */
+/*
+ * Between two writes: stops while the collector checks.  A writer that saw
+ * the pause lifted takes itself off the count before it looks again, so a
+ * collector that set the pause anew in between never counts it as stopped
+ * while it goes on to write (all sequentially consistent: Dekker).
+ */
 static void checkpoint(struct control *ctl)
 {
-	if (!ctl->pause)
-		return;
-	__atomic_add_fetch(&ctl->paused, 1, __ATOMIC_ACQ_REL);
-	while (ctl->pause)
-		usleep(100);
-	__atomic_sub_fetch(&ctl->paused, 1, __ATOMIC_ACQ_REL);
+	while (__atomic_load_n(&ctl->pause, __ATOMIC_SEQ_CST)) {
+		__atomic_add_fetch(&ctl->paused, 1, __ATOMIC_SEQ_CST);
+		while (__atomic_load_n(&ctl->pause, __ATOMIC_SEQ_CST))
+			usleep(100);
+		__atomic_sub_fetch(&ctl->paused, 1, __ATOMIC_SEQ_CST);
+	}
 }
 
 static void finished(struct stress *s)
@@ -234,25 +239,15 @@ static pid_t start_remote_writer(struct stress *s)
 	_exit(0);
 }
 
-static void collect(struct stress *s, struct dr_ring_view *ring)
+static void collect(void *arg, uint32_t slot, uint64_t offset)
 {
-	for (;;) {
-		struct dirtyring_gfn *e =
-			&ring->entries[ring->fetch_index & (ring->size - 1)];
-		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+	struct stress *s = arg;
 
-		if (!(flags & DIRTYRING_GFN_F_DIRTY) ||
-		    (flags & DIRTYRING_GFN_F_RESET))
-			break;
-		if (e->slot != 0 || e->offset >= NPAGES)
-			s->bad++;
-		else
-			s->harvested[e->offset] = 1;
-		s->entries++;
-		__atomic_store_n(&e->flags, flags | DIRTYRING_GFN_F_RESET,
-				 __ATOMIC_RELEASE);
-		ring->fetch_index++;
-	}
+	if (slot != 0 || offset >= NPAGES)
+		s->bad++;
+	else
+		s->harvested[offset] = 1;
+	s->entries++;
 }
 
 /*
@@ -267,7 +262,7 @@ static int migrate_pass(struct stress *s)
 	memset(s->harvested, 0, sizeof(s->harvested));
 	do {
 		for (i = 0; i <= VCPUS; i++)
-			collect(s, &s->rings[i]);
+			dr_harvest(&s->rings[i], collect, s);
 		if (dr_reset(s->vm, &r))
 			return -1;
 	} while (r.overflow_pushed);
@@ -319,8 +314,8 @@ static int writers_left(struct stress *s)
  */
 static int check(struct stress *s)
 {
-	s->ctl->pause = 1;
-	while (__atomic_load_n(&s->ctl->paused, __ATOMIC_ACQUIRE) <
+	__atomic_store_n(&s->ctl->pause, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&s->ctl->paused, __ATOMIC_SEQ_CST) <
 	       writers_left(s))
 		if (migrate_pass(s))
 			return -1;
@@ -328,7 +323,7 @@ static int check(struct stress *s)
 		return -1;
 	s->differ += compare(s);
 	s->checkpoints++;
-	s->ctl->pause = 0;
+	__atomic_store_n(&s->ctl->pause, 0, __ATOMIC_SEQ_CST);
 	return 0;
 }
 
