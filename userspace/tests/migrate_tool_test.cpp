@@ -49,6 +49,18 @@ std::string drain(int fd) {
     return out;
 }
 
+// Reads `fd` into `out` until `needle` shows up (true) or the writers are
+// gone (false): a test acts once the tool got somewhere, not after a time.
+bool read_until(int fd, const std::string& needle, std::string& out) {
+    std::array<char, 4096> buf{};
+    ssize_t n;
+    while (out.find(needle) == std::string::npos) {
+        if ((n = ::read(fd, buf.data(), buf.size())) <= 0) return false;
+        out.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    return true;
+}
+
 // In a forked child: a test killed midway (timeout) takes its tools along.
 void die_with_the_test() {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -139,7 +151,10 @@ TEST(MigrateTool, PostcopyMigrationReportsBlocktime) {
 
 // Starts `dest` and `source` as two commands; kills one mid-precopy.
 ToolRun kill_one(bool kill_source) {
-    const std::string addr = "unix:/tmp/dirtyring-migrate-kill." + std::to_string(::getpid());
+    const std::string path = "/tmp/dirtyring-migrate-kill." + std::to_string(::getpid());
+    const std::string addr = "unix:" + path;
+    // A destination killed by an earlier run of this process left it.
+    ::unlink(path.c_str());
     // Never converges, never switches to postcopy: precopy until killed.
     const std::string slow = " --bandwidth 4 --memory 64 --downtime-limit 1 --max-rounds 10000";
     int pipefd[2];
@@ -160,12 +175,14 @@ ToolRun kill_one(bool kill_source) {
     std::this_thread::sleep_for(200ms);
     const pid_t source = spawn("source --connect " + addr + slow);
     ::close(pipefd[1]);
-    std::this_thread::sleep_for(1500ms);
+    // Mid-migration: the first precopy round is done, the next is running.
+    std::string out;
+    read_until(pipefd[0], "round  1:", out);
     ::kill(kill_source ? source : dest, SIGKILL);
     int status = 0;
     ::waitpid(kill_source ? dest : source, &status, 0);
     ::waitpid(kill_source ? source : dest, nullptr, 0);
-    const std::string out = drain(pipefd[0]);
+    out += drain(pipefd[0]);
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
@@ -184,11 +201,13 @@ TEST(MigrateTool, SigintCancelsAndTheSourceGuestKeepsRunning) {
         ::_exit(127);
     }
     ::close(pipefd[1]);
-    std::this_thread::sleep_for(1500ms);
+    // Still in precopy (it never converges) once a round is reported.
+    std::string out;
+    ASSERT_TRUE(read_until(pipefd[0], "round  1:", out)) << out;
     ::kill(pid, SIGINT);
     int status = 0;
     ::waitpid(pid, &status, 0);
-    const std::string out = drain(pipefd[0]);
+    out += drain(pipefd[0]);
     ASSERT_TRUE(WIFEXITED(status)) << out;
     EXPECT_EQ(130, WEXITSTATUS(status)) << out;
     EXPECT_NE(std::string::npos, out.find("source: cancelling the migration")) << out;
