@@ -4,7 +4,8 @@
  * system-wide limits and the pseudo filesystem that gives each VM's memory
  * its own inode (so re-protecting one VM's pages never touches another's).
  *
- * dr_vms_lock protects dr_vms (every VM, for the per-process count: a
+ * dr_vms_lock protects dr_vm_idr (every VM by id, for netlink and for the
+ * per-process count: a
  * process is an address space, which each VM keeps referenced, so neither
  * fork nor pid reuse changes whose VMs are whose); dr_pinned_pages is
  * atomic.
@@ -12,6 +13,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/fs.h>
+#include <linux/idr.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mount.h>
@@ -31,7 +33,7 @@ MODULE_PARM_DESC(max_pinned_mb,
 		 "Guest memory of all VMs together, in MiB (0: half of RAM)");
 
 static DEFINE_MUTEX(dr_vms_lock);
-static LIST_HEAD(dr_vms);
+static DEFINE_IDR(dr_vm_idr);
 static unsigned int dr_vm_count;
 static atomic_long_t dr_pinned_pages = ATOMIC_LONG_INIT(0);
 static struct vfsmount *dr_mnt;
@@ -94,22 +96,28 @@ long dr_check_extension(unsigned long cap)
 	}
 }
 
+/* Gives @vm its id, within the per-process and system caps. */
 int dr_vm_list_add(struct dr_vm *vm)
 {
 	unsigned int mine = 0;
 	struct dr_vm *other;
-	int ret = 0;
+	int ret, id;
 
 	mutex_lock(&dr_vms_lock);
-	list_for_each_entry(other, &dr_vms, node)
+	idr_for_each_entry(&dr_vm_idr, other, id)
 		mine += other->mm == vm->mm;
 	if (dr_vm_count >= DIRTYRING_MAX_VMS) {
 		ret = -ENOSPC;
 	} else if (mine >= DIRTYRING_MAX_VMS_PER_PROCESS) {
 		ret = -EMFILE;
 	} else {
-		list_add(&vm->node, &dr_vms);
-		dr_vm_count++;
+		/* Cyclic: an id is not reused soon after its VM is gone. */
+		ret = idr_alloc_cyclic(&dr_vm_idr, vm, 1, INT_MAX, GFP_KERNEL);
+		if (ret > 0) {
+			vm->id = ret;
+			dr_vm_count++;
+			ret = 0;
+		}
 	}
 	mutex_unlock(&dr_vms_lock);
 	return ret;
@@ -118,9 +126,40 @@ int dr_vm_list_add(struct dr_vm *vm)
 void dr_vm_unlist(struct dr_vm *vm)
 {
 	mutex_lock(&dr_vms_lock);
-	list_del(&vm->node);
+	idr_remove(&dr_vm_idr, vm->id);
 	dr_vm_count--;
 	mutex_unlock(&dr_vms_lock);
+}
+
+/*
+ * A reference to VM @id, or NULL.  A VM whose last reference is gone waits
+ * in dr_vm_unlist() for dr_vms_lock, so under it the struct is still there.
+ */
+struct dr_vm *dr_vm_get_by_id(u32 id)
+{
+	struct dr_vm *vm;
+
+	mutex_lock(&dr_vms_lock);
+	vm = idr_find(&dr_vm_idr, id);
+	if (vm && !kref_get_unless_zero(&vm->ref))
+		vm = NULL;
+	mutex_unlock(&dr_vms_lock);
+	return vm;
+}
+
+/* A reference to the VM with the lowest id >= *@id (stored there), or NULL. */
+struct dr_vm *dr_vm_get_next(u32 *id)
+{
+	struct dr_vm *vm;
+	int next = *id;
+
+	mutex_lock(&dr_vms_lock);
+	while ((vm = idr_get_next(&dr_vm_idr, &next)) &&
+	       !kref_get_unless_zero(&vm->ref))
+		next++;
+	mutex_unlock(&dr_vms_lock);
+	*id = next;
+	return vm;
 }
 
 static int dr_mem_release(struct inode *inode, struct file *file)
@@ -209,9 +248,16 @@ static int __init dirtyring_init(void)
 	dr_mnt = kern_mount(&dr_fs_type);
 	if (IS_ERR(dr_mnt))
 		return PTR_ERR(dr_mnt);
+	ret = dr_netlink_init();
+	if (ret) {
+		pr_err("cannot register the netlink family: %d\n", ret);
+		kern_unmount(dr_mnt);
+		return ret;
+	}
 	ret = misc_register(&dirtyring_dev);
 	if (ret) {
 		pr_err("cannot register /dev/dirtyring: %d\n", ret);
+		dr_netlink_exit();
 		kern_unmount(dr_mnt);
 		return ret;
 	}
@@ -222,7 +268,9 @@ static int __init dirtyring_init(void)
 static void __exit dirtyring_exit(void)
 {
 	misc_deregister(&dirtyring_dev);
+	dr_netlink_exit();
 	kern_unmount(dr_mnt);
+	idr_destroy(&dr_vm_idr);
 }
 
 module_init(dirtyring_init);

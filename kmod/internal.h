@@ -3,7 +3,7 @@
  * dirtyring: objects shared by the module's files, and its locking rules.
  *
  * Locks, outermost first:
- *   dr_vms_lock (dev.c)  the list of VMs, the per-process and system counts
+ *   dr_vms_lock (dev.c)  the VM ids (an IDR), the per-process and system counts
  *   vm->lock             slot and vCPU creation, ring enabling, bind/unbind
  *   vm->mmu_lock         reset: clearing logged bits, re-protecting pages,
  *                        advancing reset indices, draining overflow pages,
@@ -28,6 +28,9 @@
 
 #include <linux/kref.h>
 #include <linux/list.h>
+#include <linux/log2.h>
+#include <linux/minmax.h>
+#include <linux/sched.h>
 #include <linux/mm_types.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
@@ -55,6 +58,9 @@ struct dr_ring {
 	u64 overflows;
 	atomic64_t waits;
 	atomic64_t wait_ns;
+	atomic64_t wait_hist[DIRTYRING_HIST_BUCKETS];
+	/* what the last reset event reported: under vm->mmu_lock */
+	u64 reported_soft_full, reported_overflows;
 };
 
 struct dr_slot {
@@ -80,14 +86,21 @@ struct dr_vcpu {
 	 */
 	struct pid *bound;
 	struct dr_ring ring;
+	/* stall accounting of the bound threads' first-write faults */
+	atomic64_t faults;
+	atomic64_t fault_ns;
+	atomic64_t fault_hist[DIRTYRING_HIST_BUCKETS];
 };
 
 struct dr_vm {
 	struct kref ref;	/* VM fd, memory file, each vCPU fd, each armed wait */
-	struct list_head node;	/* in dr_vms, under dr_vms_lock */
+	u32 id;			/* in dr_vm_idr (dev.c): netlink, fdinfo */
 	struct mm_struct *mm;	/* creator's (mmgrab): per-process cap, waits */
+	struct pid *owner;	/* creator's thread group, for statistics */
+	char owner_comm[TASK_COMM_LEN];
 	struct file *mem_file;	/* backs every mmap of the VM fd: its own inode */
 	bool dead;		/* VM fd closed: nobody resets any more */
+	bool announced;		/* its creation was sent to netlink listeners */
 
 	struct mutex lock;	/* configuration: see above */
 	struct mutex mmu_lock;	/* resets: see above */
@@ -125,8 +138,16 @@ static inline struct dr_vcpu *dr_vm_vcpu(struct dr_vm *vm, u32 id)
 #define DR_PUSH_FIRST		BIT(0)	/* the ring was empty */
 #define DR_PUSH_SOFT_FULL	BIT(1)	/* the ring is at its soft limit */
 
+/* The histogram bucket of a duration (uAPI: log2 of nanoseconds). */
+static inline unsigned int dr_hist_bucket(u64 ns)
+{
+	return ns ? min_t(unsigned int, ilog2(ns), DIRTYRING_HIST_BUCKETS - 1) : 0;
+}
+
 /* dev.c */
 long dr_check_extension(unsigned long cap);
+struct dr_vm *dr_vm_get_by_id(u32 id);
+struct dr_vm *dr_vm_get_next(u32 *id);
 void dr_pinned_release(unsigned long npages);
 int dr_pinned_reserve(unsigned long npages);
 int dr_vm_list_add(struct dr_vm *vm);
@@ -166,6 +187,15 @@ void dr_slot_reprotect(struct dr_slot *slot, unsigned long base,
 void dr_overflow_park(struct dr_slot *slot, unsigned long index);
 unsigned long dr_overflow_drain(struct dr_vm *vm);
 unsigned long dr_relog_flush(struct dr_vm *vm);
+
+/* netlink.c */
+int dr_netlink_init(void);
+void dr_netlink_exit(void);
+void dr_netlink_vm_event(struct dr_vm *vm, u8 cmd);
+void dr_netlink_wait_event(struct dr_vm *vm, struct dr_ring *ring, u64 ns);
+void dr_netlink_reset_event(struct dr_vm *vm,
+			    const struct dirtyring_reset *reset, u64 ns);
+void dr_vm_show_fdinfo(struct seq_file *m, struct file *file);
 
 /* wait.c */
 void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring, struct file *file);

@@ -33,10 +33,19 @@
 #include <linux/mm.h>
 #include <linux/pagemap.h>
 #include <linux/poll.h>
+#include <linux/sched/clock.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 
 #include "internal.h"
+
+/* Stall accounting (uAPI: DIRTYRING_A_VCPU_FAULT_*). */
+static void dr_vcpu_account_fault(struct dr_vcpu *vcpu, u64 ns)
+{
+	atomic64_inc(&vcpu->faults);
+	atomic64_add(ns, &vcpu->fault_ns);
+	atomic64_inc(&vcpu->fault_hist[dr_hist_bucket(ns)]);
+}
 
 /* Slot id + 1 is the mmap offset's bits from 38 up (uAPI). */
 #define DR_SLOT_PGOFF_SHIFT (38 - PAGE_SHIFT)
@@ -183,6 +192,7 @@ static vm_fault_t dr_mem_page_mkwrite(struct vm_fault *vmf)
 	unsigned long index = dr_vma_index(vmf);
 	struct page *page = vmf->page;
 	struct dr_vm *vm = slot->vm;
+	u64 start = local_clock();
 	struct dr_ring *ring;
 	int ret;
 
@@ -203,6 +213,9 @@ static vm_fault_t dr_mem_page_mkwrite(struct vm_fault *vmf)
 	}
 	if (ret & DR_PUSH_SOFT_FULL)
 		dr_wait_arm(vm, ring, vmf->vma->vm_file);
+	if (ring != &vm->vm_ring)
+		dr_vcpu_account_fault(container_of(ring, struct dr_vcpu, ring),
+				      local_clock() - start);
 	return VM_FAULT_LOCKED;
 }
 

@@ -65,6 +65,8 @@ int dr_ring_init(struct dr_ring *ring, u32 entries)
  */
 void dr_ring_reopen(struct dr_ring *ring)
 {
+	int i;
+
 	spin_lock(&ring->lock);
 	memset(ring->entries, 0, ring->size * sizeof(*ring->entries));
 	ring->dirty_index = 0;
@@ -74,6 +76,10 @@ void dr_ring_reopen(struct dr_ring *ring)
 	ring->overflows = 0;
 	atomic64_set(&ring->waits, 0);
 	atomic64_set(&ring->wait_ns, 0);
+	for (i = 0; i < DIRTYRING_HIST_BUCKETS; i++)
+		atomic64_set(&ring->wait_hist[i], 0);
+	ring->reported_soft_full = 0;
+	ring->reported_overflows = 0;
 	WRITE_ONCE(ring->closed, false);
 	spin_unlock(&ring->lock);
 }

@@ -159,7 +159,7 @@ static int dr_vcpu_release(struct inode *inode, struct file *file)
 	mutex_lock(&vm->mmu_lock);
 	dr_ring_close(vm, &vcpu->ring);
 	mutex_unlock(&vm->mmu_lock);
-	vcpu->open = false;
+	WRITE_ONCE(vcpu->open, false);
 	mutex_unlock(&vm->lock);
 	put_pid(pid);
 	/* Its pages are parked: harvestable through the next reset. */
@@ -176,6 +176,17 @@ static const struct file_operations dr_vcpu_fops = {
 	.release = dr_vcpu_release,
 	.llseek = noop_llseek,
 };
+
+/* A reopened vCPU starts its statistics anew, as its ring does. */
+static void dr_vcpu_reset_stats(struct dr_vcpu *vcpu)
+{
+	int i;
+
+	atomic64_set(&vcpu->faults, 0);
+	atomic64_set(&vcpu->fault_ns, 0);
+	for (i = 0; i < DIRTYRING_HIST_BUCKETS; i++)
+		atomic64_set(&vcpu->fault_hist[i], 0);
+}
 
 /* Called with vm->lock held; returns the new vCPU fd. */
 int dr_vcpu_create(struct dr_vm *vm, unsigned long id)
@@ -206,6 +217,7 @@ int dr_vcpu_create(struct dr_vm *vm, unsigned long id)
 		mutex_lock(&vm->mmu_lock);
 		dr_ring_reopen(&vcpu->ring);
 		mutex_unlock(&vm->mmu_lock);
+		dr_vcpu_reset_stats(vcpu);
 	}
 
 	dr_vm_get(vm);
@@ -216,7 +228,7 @@ int dr_vcpu_create(struct dr_vm *vm, unsigned long id)
 		ret = fd;
 		goto free;
 	}
-	vcpu->open = true;
+	WRITE_ONCE(vcpu->open, true);
 	if (!reopen)	/* Pairs with dr_vm_vcpu(): complete when seen. */
 		smp_store_release(&vm->vcpus[id], vcpu);
 	return fd;

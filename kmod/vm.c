@@ -18,6 +18,8 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/mm.h>
+#include <linux/ktime.h>
+#include <linux/pid.h>
 #include <linux/poll.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
@@ -43,7 +45,10 @@ static void dr_vm_free(struct kref *ref)
 		dr_slot_free(vm->slots[i]);
 	dr_pinned_release(vm->pinned_pages);
 	dr_ring_free(&vm->vm_ring);
+	if (vm->announced)
+		dr_netlink_vm_event(vm, DIRTYRING_CMD_VM_DESTROYED_NTF);
 	dr_vm_unlist(vm);
+	put_pid(vm->owner);
 	mmdrop(vm->mm);
 	kfree(vm);
 }
@@ -110,6 +115,7 @@ static int dr_vm_reset_ring(struct dr_vm *vm, struct dr_ring *ring,
 static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 {
 	struct dirtyring_reset req;
+	u64 start = ktime_get_ns();
 	int ret = 0;
 	int i;
 
@@ -141,6 +147,8 @@ static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 	/* Held pages are logged for the next cycle, interrupted or not. */
 	req.relogged = dr_relog_flush(vm);
 	req.overflow_pending = atomic_long_read(&vm->overflow_pending);
+	if (!ret)
+		dr_netlink_reset_event(vm, &req, ktime_get_ns() - start);
 	mutex_unlock(&vm->mmu_lock);
 	if (req.overflow_pushed || req.relogged || req.overflow_pending)
 		wake_up_interruptible_poll(&vm->poll_wq, EPOLLIN);
@@ -276,6 +284,7 @@ static const struct file_operations dr_vm_fops = {
 	.mmap = dr_vm_mmap,
 	.poll = dr_vm_poll,
 	.release = dr_vm_release,
+	.show_fdinfo = dr_vm_show_fdinfo,
 	.llseek = noop_llseek,
 };
 
@@ -296,11 +305,13 @@ int dr_vm_create(void)
 	init_waitqueue_head(&vm->poll_wq);
 	spin_lock_init(&vm->waiters_lock);
 	INIT_LIST_HEAD(&vm->waiters);
-	INIT_LIST_HEAD(&vm->node);
 	vm->mm = current->mm;
 	mmgrab(vm->mm);
+	vm->owner = get_task_pid(current, PIDTYPE_TGID);
+	get_task_comm(vm->owner_comm, current->group_leader);
 	fd = dr_vm_list_add(vm);
 	if (fd) {
+		put_pid(vm->owner);
 		mmdrop(vm->mm);
 		kfree(vm);
 		return fd;
@@ -317,6 +328,9 @@ int dr_vm_create(void)
 	if (fd < 0) {
 		fput(vm->mem_file);	/* drops the memory file's reference */
 		dr_vm_put(vm);
+		return fd;
 	}
+	vm->announced = true;
+	dr_netlink_vm_event(vm, DIRTYRING_CMD_VM_CREATED_NTF);
 	return fd;
 }

@@ -59,10 +59,14 @@ static void dr_wait_run(struct callback_head *work)
 	if (!(current->flags & PF_EXITING) && !dr_wait_done(w)) {
 		ktime_t start = ktime_get();
 
+		u64 ns;
+
 		atomic64_inc(&w->ring->waits);
 		wait_event_interruptible(w->ring->wq, dr_wait_done(w));
-		atomic64_add(ktime_to_ns(ktime_sub(ktime_get(), start)),
-			     &w->ring->wait_ns);
+		ns = ktime_to_ns(ktime_sub(ktime_get(), start));
+		atomic64_add(ns, &w->ring->wait_ns);
+		atomic64_inc(&w->ring->wait_hist[dr_hist_bucket(ns)]);
+		dr_netlink_wait_event(vm, w->ring, ns);
 	}
 
 	spin_lock(&vm->waiters_lock);

@@ -243,4 +243,113 @@ struct dirtyring_reset {
  * and the next access maps them again.
  */
 
+/*
+ * Generic netlink family DIRTYRING_GENL_NAME, version DIRTYRING_GENL_VERSION:
+ * statistics of every VM of the system and events, for operators
+ * (dirtyring-stat).  Every operation and the events group need
+ * CAP_NET_ADMIN; requests are strictly validated.  The family is described
+ * by Documentation/netlink/specs/dirtyring.yaml in the patch series.
+ *
+ * DIRTYRING_CMD_VM_GET: with DIRTYRING_A_VM_ID, that VM (ENOENT if none);
+ * as a dump, every VM, in id order, resumable across messages.  A VM's id
+ * is stable for its life and not reused soon after (cyclic); its fd's
+ * /proc/PID/fdinfo shows the same id.
+ * DIRTYRING_CMD_VCPU_GET: a dump, one message per vCPU (VM_ID and one
+ * VM_VCPU nest), of the VM given by DIRTYRING_A_VM_ID or of every VM.
+ *
+ * Histograms (binary attributes): DIRTYRING_HIST_BUCKETS __u64 counts;
+ * bucket b counts durations in [2^b, 2^(b+1)) ns, bucket 0 also 0 ns, the
+ * last also everything longer.
+ */
+#define DIRTYRING_GENL_NAME		"dirtyring"
+#define DIRTYRING_GENL_VERSION		1
+#define DIRTYRING_GENL_MCGRP_EVENTS	"events"
+
+enum {
+	DIRTYRING_CMD_UNSPEC,
+	DIRTYRING_CMD_VM_GET,		/* do and dump; reply: VM_GET */
+	DIRTYRING_CMD_VCPU_GET,		/* dump; reply: VCPU_GET */
+	/* notifications, on the events group */
+	DIRTYRING_CMD_VM_CREATED_NTF,	/* VM_ID, VM_OWNER_PID, VM_OWNER_COMM */
+	DIRTYRING_CMD_VM_DESTROYED_NTF,	/* VM_ID */
+	DIRTYRING_CMD_WAIT_NTF,		/* VM_ID, EV_VCPU (absent: VM ring), EV_NS */
+	DIRTYRING_CMD_RESET_NTF,	/* VM_ID, EV_ENTRIES, EV_RELOGGED, EV_NS,
+					 * EV_SOFT_FULL, EV_OVERFLOWS: what the
+					 * rings saw since the last reset
+					 */
+	__DIRTYRING_CMD_MAX,
+};
+
+#define DIRTYRING_CMD_MAX (__DIRTYRING_CMD_MAX - 1)
+
+/* Top-level attributes. */
+enum {
+	DIRTYRING_A_UNSPEC,
+	DIRTYRING_A_VM_ID,		/* u32 */
+	DIRTYRING_A_VM_OWNER_PID,	/* u32: creator's tgid, in the caller's pid ns */
+	DIRTYRING_A_VM_OWNER_COMM,	/* string */
+	DIRTYRING_A_VM_SLOT,		/* nest DIRTYRING_A_SLOT_*, one per slot */
+	DIRTYRING_A_VM_VCPU,		/* nest DIRTYRING_A_VCPU_*, one per vCPU */
+	DIRTYRING_A_VM_RING,		/* nest DIRTYRING_A_RING_*: the VM ring */
+	DIRTYRING_A_EV_VCPU,		/* u32 */
+	DIRTYRING_A_EV_NS,		/* u64: a wait's or a reset's duration */
+	DIRTYRING_A_EV_ENTRIES,		/* u64 */
+	DIRTYRING_A_EV_RELOGGED,	/* u64 */
+	DIRTYRING_A_EV_SOFT_FULL,	/* u64: soft-limit crossings coalesced */
+	DIRTYRING_A_EV_OVERFLOWS,	/* u64: parked pages coalesced */
+	DIRTYRING_A_PAD,
+	__DIRTYRING_A_MAX,
+};
+
+#define DIRTYRING_A_MAX (__DIRTYRING_A_MAX - 1)
+
+enum {
+	DIRTYRING_A_SLOT_UNSPEC,
+	DIRTYRING_A_SLOT_ID,		/* u32 */
+	DIRTYRING_A_SLOT_PAGES,		/* u64 */
+	DIRTYRING_A_SLOT_PAD,
+	__DIRTYRING_A_SLOT_MAX,
+};
+
+#define DIRTYRING_A_SLOT_MAX (__DIRTYRING_A_SLOT_MAX - 1)
+
+enum {
+	DIRTYRING_A_VCPU_UNSPEC,
+	DIRTYRING_A_VCPU_ID,		/* u32 */
+	DIRTYRING_A_VCPU_BOUND_TID,	/* u32, absent when no thread is bound */
+	DIRTYRING_A_VCPU_RING,		/* nest DIRTYRING_A_RING_* */
+	/*
+	 * Stall accounting: first-write faults of the threads bound to this
+	 * vCPU, and the time they spent in the module's handling of them
+	 * (page lock wait included; the ring-full wait is the ring's).
+	 */
+	DIRTYRING_A_VCPU_FAULTS,	/* u64, cumulative */
+	DIRTYRING_A_VCPU_FAULT_NS,	/* u64, cumulative */
+	DIRTYRING_A_VCPU_FAULT_HIST,	/* binary histogram */
+	DIRTYRING_A_VCPU_PAD,
+	__DIRTYRING_A_VCPU_MAX,
+};
+
+#define DIRTYRING_A_VCPU_MAX (__DIRTYRING_A_VCPU_MAX - 1)
+
+/* A ring's counters: those of struct dirtyring_ring_status, and more. */
+enum {
+	DIRTYRING_A_RING_UNSPEC,
+	DIRTYRING_A_RING_ENTRIES,	/* u32 */
+	DIRTYRING_A_RING_SOFT_LIMIT,	/* u32 */
+	DIRTYRING_A_RING_USED,		/* u32 */
+	DIRTYRING_A_RING_PUSHED,	/* u64, cumulative */
+	DIRTYRING_A_RING_SOFT_FULL,	/* u64, cumulative */
+	DIRTYRING_A_RING_OVERFLOWS,	/* u64, cumulative */
+	DIRTYRING_A_RING_WAITS,		/* u64, cumulative */
+	DIRTYRING_A_RING_WAIT_NS,	/* u64, cumulative */
+	DIRTYRING_A_RING_WAIT_HIST,	/* binary histogram of wait durations */
+	DIRTYRING_A_RING_PAD,
+	__DIRTYRING_A_RING_MAX,
+};
+
+#define DIRTYRING_A_RING_MAX (__DIRTYRING_A_RING_MAX - 1)
+
+#define DIRTYRING_HIST_BUCKETS		32
+
 #endif /* _UAPI_LINUX_DIRTYRING_H */
