@@ -248,7 +248,7 @@ struct dirtyring_reset {
  * statistics of every VM of the system and events, for operators
  * (dirtyring-stat).  Every operation and the events group need
  * CAP_NET_ADMIN; requests are strictly validated.  The family is described
- * by Documentation/netlink/specs/dirtyring.yaml in the patch series.
+ * by Documentation/netlink/specs/dirtyring.yaml (this repository).
  *
  * DIRTYRING_CMD_VM_GET: with DIRTYRING_A_VM_ID, that VM (ENOENT if none);
  * as a dump, every VM, in id order, resumable across messages.  A VM's id
