@@ -51,6 +51,7 @@ struct dr_ring {
 	u32 dirty_index;		/* next entry to fill: under lock */
 	u32 reset_index;		/* next entry to reset: under vm->mmu_lock */
 	bool closed;			/* vCPU closed: set under both locks */
+	unsigned long resets;		/* resets that freed entries: mmu_lock */
 	wait_queue_head_t wq;		/* writers waiting for room */
 	/* statistics: written under lock (waits: atomically) */
 	u64 pushed;

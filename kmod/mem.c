@@ -22,9 +22,9 @@
  * A writer that took a reference to the page before the zap (GUP: O_DIRECT
  * I/O, process_vm_writev, ptrace, KVM's kvm_vcpu_map) writes through the
  * kernel's mapping and never faults.  After the zap every mapping's
- * reference is gone, so a page whose count is above its own reference plus
- * its mapcount is held by such a writer: it stays logged and is pushed again
- * by this reset.  GUP-fast takes its reference before it re-checks the PTE,
+ * reference is gone, so a page whose count is above the slot's own
+ * reference may be held by such a writer: it stays logged and is pushed
+ * again by this reset.  GUP-fast takes its reference before it re-checks the PTE,
  * and the zap clears the PTE before we read the count (a full barrier on
  * both sides), so a reference that outlives the zap is always seen; a
  * passing one (a fault in flight, a speculative lookup) only logs the page
@@ -250,12 +250,20 @@ int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma)
 	return 0;
 }
 
-/* See the top of this file: someone beyond the mappings holds @page. */
+/*
+ * See the top of this file: someone holds @page beyond its slot.  After the
+ * zap, every mapping that existed when the logged bit was cleared is gone;
+ * any reference above the slot's own is a holder, or a mapping or fault
+ * that came after the clear (which only logs the page once more).  Not the
+ * mapcount: it moves apart from the count (a fault takes its reference
+ * before it maps, an unmap unmaps before it drops it), so comparing the two
+ * could miss a holder.
+ */
 static bool dr_page_held(struct page *page)
 {
 	/* Orders the zap's PTE clears before the count (GUP-fast's pair). */
 	smp_mb();
-	return page_ref_count(page) > 1 + page_mapcount(page);
+	return page_ref_count(page) > 1;
 }
 
 /*

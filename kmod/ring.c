@@ -271,8 +271,10 @@ int dr_ring_reset(struct dr_vm *vm, struct dr_ring *ring)
 	dr_run_flush(&run);
 	/* Entries are clear and their pages protected before they are reused. */
 	smp_store_release(&ring->reset_index, index);
-	if (count)
+	if (count) {
+		WRITE_ONCE(ring->resets, ring->resets + 1);
 		wake_up_all(&ring->wq);
+	}
 	return ret ?: count;
 }
 

@@ -68,9 +68,12 @@ bool dr_vcpu_bound_alive(struct dr_vcpu *vcpu)
 /* Ends a binding whose thread exited.  Under vm->lock. */
 static void dr_vcpu_reap(struct dr_vcpu *vcpu)
 {
-	if (vcpu->bound && !dr_vcpu_bound_alive(vcpu)) {
-		put_pid(vcpu->bound);
+	struct pid *pid = vcpu->bound;
+
+	/* Unpublished before it is put: a freed pid could match a new thread. */
+	if (pid && !dr_vcpu_bound_alive(vcpu)) {
 		WRITE_ONCE(vcpu->bound, NULL);
+		put_pid(pid);
 	}
 }
 

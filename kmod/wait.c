@@ -41,11 +41,18 @@ struct dr_waiter {
 	struct dr_vm *vm;
 	struct dr_ring *ring;
 	struct file *file;	/* the VM's memory file */
+	unsigned long resets;	/* ring->resets when armed */
 };
 
+/*
+ * Released by any reset of its ring since it was armed, not only by room:
+ * the same reset may refill the VM ring to its soft limit with parked and
+ * held pages, and a level test would then keep the writer waiting.
+ */
 static bool dr_wait_done(struct dr_waiter *w)
 {
 	return READ_ONCE(w->vm->dead) || READ_ONCE(w->ring->closed) ||
+	       READ_ONCE(w->ring->resets) != w->resets ||
 	       !dr_ring_soft_full(w->ring);
 }
 
@@ -55,8 +62,12 @@ static void dr_wait_run(struct callback_head *work)
 	struct file *file = w->file;
 	struct dr_vm *vm = w->vm;
 
-	/* At exit there is nobody left to wait for: writes are logged. */
-	if (!(current->flags & PF_EXITING) && !dr_wait_done(w)) {
+	/*
+	 * At exit there is nobody left to wait for: writes are logged.  After
+	 * an exec (armed by a write during it) this is another program.
+	 */
+	if (!(current->flags & PF_EXITING) && current->mm == vm->mm &&
+	    !dr_wait_done(w)) {
 		ktime_t start = ktime_get();
 
 		u64 ns;
@@ -108,6 +119,7 @@ void dr_wait_arm(struct dr_vm *vm, struct dr_ring *ring, struct file *file)
 	w->vm = vm;
 	w->ring = ring;
 	w->file = get_file(file);
+	w->resets = READ_ONCE(ring->resets);
 	list_add(&w->node, &vm->waiters);
 	spin_unlock(&vm->waiters_lock);
 

@@ -127,9 +127,10 @@ struct dirtyring_ring_status {
  *
  * Who waits.  A thread of the VM's creating process (its mm) whose write
  * takes its ring to the soft limit waits, holding no lock, on its way back
- * to user mode (or into a KVM guest), until a reset brings the ring below
- * the limit, the VM fd is closed, its vCPU fd is closed, or a signal
- * arrives; the write itself is already logged, it is not logged again.
+ * to user mode (or into a KVM guest), until a reset frees entries of that
+ * ring, the VM fd is closed, its vCPU fd is closed, or a signal arrives;
+ * the write itself is already logged (a store retried after the wait logs
+ * again if the reset re-armed its page meanwhile).
  * Every other writer never waits: kernel threads, io_uring workers, and
  * other processes (process_vm_writev, ptrace, /proc/PID/mem) use the
  * reserve, then park their pages as overflow.
@@ -190,7 +191,9 @@ struct dirtyring_ring_status {
  * soft limit, and logs again the pages that were still held (see above).
  *
  * Returns 0 once every entry that was marked RESET when the call began is
- * reset: only then may the harvester read those pages for migration.  A
+ * reset (a harvester marks in ring order, from its fetch index; a mark past
+ * an unmarked entry waits for a later reset): only then may the harvester
+ * read those pages for migration.  A
  * signal stops it early with -EINTR (restarted transparently under
  * SA_RESTART): the entries reset until then stay reset, the others keep
  * their marks, and calling again finishes the work.  The work of one call
