@@ -41,7 +41,8 @@ ctest_tier() {
 
 qemu_tier() {
 	mapfile -t tests < <(scripts/guest-tests.sh)
-	selftests/qemu/run --with-kvm --with-loop --test-timeout 600 --results "$results/qemu.raw.tsv" "${tests[@]}" >&2
+	selftests/qemu/run --with-kvm --with-loop --test-timeout 600 \
+		--helper build/cxx/tools/stat/dirtyring-stat-static --results "$results/qemu.raw.tsv" "${tests[@]}" >&2
 	local rc=$?
 	cat "$results/qemu.raw.tsv"
 	rm -f "$results/qemu.raw.tsv"

@@ -7,3 +7,4 @@ for t in $(make -s -C "$top/selftests/dirtyring" list); do
 	echo "$top/build/selftests/$t"
 done
 echo "$top/build/cxx/tests/dirtyring_guest_tests"
+echo "$top/build/cxx/tests/dirtyring_stat_guest_tests"

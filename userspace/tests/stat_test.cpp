@@ -1,0 +1,829 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// dirtyring-stat's pieces that need no module: the command line, rates and
+// their table and JSON from fake snapshots, decoding (and rejecting) the
+// family's messages built here with libnl, and the live table on a pty.
+#include <gtest/gtest.h>
+#include <linux/dirtyring.h>
+#include <netlink/genl/genl.h>
+#include <poll.h>
+#include <pty.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "live.hpp"
+#include "netlink.hpp"
+#include "options.hpp"
+#include "report.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using namespace dirtyring::stat;
+
+// --- the command line -------------------------------------------------------------
+
+TEST(StatOptions, Defaults) {
+    const Options o = parse_options({});
+    EXPECT_FALSE(o.once || o.json || o.events || o.help || o.version);
+    EXPECT_EQ(1.0, o.interval_s);
+    EXPECT_FALSE(o.vm);
+    EXPECT_FALSE(o.pid);
+}
+
+TEST(StatOptions, EveryOption) {
+    const Options o =
+        parse_options({"--once", "--json", "--interval", "0.25", "--vm", "7", "--pid", "1234"});
+    EXPECT_TRUE(o.once);
+    EXPECT_TRUE(o.json);
+    EXPECT_EQ(0.25, o.interval_s);
+    EXPECT_EQ(7U, o.vm.value());
+    EXPECT_EQ(1234U, o.pid.value());
+    EXPECT_TRUE(parse_options({"--events", "--json", "--vm", "1"}).events);
+    EXPECT_TRUE(parse_options({"--help"}).help);
+    EXPECT_TRUE(parse_options({"-h"}).help);
+    EXPECT_TRUE(parse_options({"--version"}).version);
+    EXPECT_EQ(3600.0, parse_options({"--interval", "3600"}).interval_s);
+    EXPECT_EQ(4294967295U, parse_options({"--vm", "4294967295"}).vm.value());
+}
+
+struct BadOptions {
+    const char* name;
+    std::vector<std::string> args;
+    const char* says;
+};
+
+class StatOptionsReject : public testing::TestWithParam<BadOptions> {};
+
+TEST_P(StatOptionsReject, WithAMessage) {
+    try {
+        parse_options(GetParam().args);
+        FAIL() << "accepted";
+    } catch (const UsageError& e) {
+        EXPECT_NE(std::string::npos, std::string(e.what()).find(GetParam().says)) << e.what();
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, StatOptionsReject,
+    testing::Values(
+        BadOptions{"unknown_option", {"--turbo"}, "unknown option --turbo"},
+        BadOptions{"positional", {"7"}, "unknown option 7"},
+        BadOptions{"interval_without_value", {"--interval"}, "--interval: needs a value"},
+        BadOptions{"vm_without_value", {"--once", "--vm"}, "--vm: needs a value"},
+        BadOptions{"interval_zero", {"--interval", "0"}, "out of range (0.01..3600 seconds)"},
+        BadOptions{"interval_negative", {"--interval", "-1"}, "-1 is out of range"},
+        BadOptions{"interval_too_long", {"--interval", "3601"}, "out of range"},
+        BadOptions{"interval_word", {"--interval", "fast"}, "'fast' is not a number of seconds"},
+        BadOptions{"interval_trailing", {"--interval", "1s"}, "'1s' is not a number"},
+        BadOptions{"interval_exponent", {"--interval", "1e3"}, "'1e3' is not a number"},
+        BadOptions{"interval_nan", {"--interval", "nan"}, "is not a number"},
+        BadOptions{"interval_empty", {"--interval", ""}, "is not a number"},
+        BadOptions{"vm_zero", {"--vm", "0"}, "--vm: 0 is out of range (1..4294967295)"},
+        BadOptions{"vm_negative", {"--vm", "-1"}, "'-1' is not a number"},
+        BadOptions{"vm_too_big", {"--vm", "4294967296"}, "out of range"},
+        BadOptions{"vm_hex", {"--vm", "0x10"}, "'0x10' is not a number"},
+        BadOptions{"pid_zero", {"--pid", "0"}, "--pid: 0 is out of range"},
+        BadOptions{"pid_too_big", {"--pid", "2147483648"}, "out of range"},
+        BadOptions{"events_once", {"--events", "--once"}, "exclude each other"},
+        BadOptions{"events_interval", {"--events", "--interval", "2"}, "no meaning with --events"}),
+    [](const auto& p) { return std::string(p.param.name); });
+
+TEST(StatOptions, UsageDocumentsEveryExitCode) {
+    const std::string u = usage();
+    for (const char* code :
+         {"0  done", "1  failed", "2  usage", "3  the dirtyring netlink family is not registered",
+          "4  not permitted: needs CAP_NET_ADMIN", "5  the module's netlink family has another"})
+        EXPECT_NE(std::string::npos, u.find(code)) << code;
+    EXPECT_NE(std::string::npos, u.find("takes two, --interval apart"));
+}
+
+// --- rates, table, JSON -------------------------------------------------------------
+
+Ring ring(std::uint32_t entries, std::uint32_t used, std::uint64_t pushed) {
+    Ring r;
+    r.entries = entries;
+    r.soft_limit = entries - 64;
+    r.used = used;
+    r.pushed = pushed;
+    return r;
+}
+
+Vm vm(std::uint32_t id, std::uint32_t pid, const char* comm, Ring r) {
+    Vm v;
+    v.id = id;
+    v.owner_pid = pid;
+    v.owner_comm = comm;
+    v.slots = {{0, 4096}};
+    v.vm_ring = r;
+    return v;
+}
+
+Vcpu vcpu(std::uint32_t vm_id, std::uint32_t id, Ring r, std::uint64_t fault_ns,
+          std::optional<std::uint32_t> tid = std::nullopt) {
+    Vcpu v;
+    v.vm_id = vm_id;
+    v.id = id;
+    v.bound_tid = tid;
+    v.ring = r;
+    v.fault_ns = fault_ns;
+    return v;
+}
+
+// Two snapshots 2 s apart: VM 7 (vCPUs 0 and 1) and VM 9, busier.
+struct TwoSnapshots {
+    Snapshot before, after;
+    TwoSnapshots() {
+        const auto t0 = std::chrono::steady_clock::time_point(100s);
+        before.taken = t0;
+        after.taken = t0 + 2s;
+        after.wall = std::chrono::system_clock::time_point(1714564800s + 123ms);
+
+        Ring vr0 = ring(4096, 0, 100), vr1 = ring(4096, 40, 600);
+        before.vms = {vm(7, 1234, "vmm", vr0), vm(9, 99, "other", ring(1024, 0, 0))};
+        after.vms = {vm(7, 1234, "vmm", vr1), vm(9, 99, "other", ring(1024, 256, 20000))};
+
+        Ring a0 = ring(4096, 100, 1000), a1 = ring(4096, 512, 3000);
+        a0.waits = 0;
+        a1.waits = 4;
+        a0.wait_ns = 0;
+        a1.wait_ns = 2'000'000;
+        a0.overflows = 5;
+        a1.overflows = 8;
+        Ring b0 = ring(4096, 0, 50), b1 = ring(4096, 0, 50);
+        before.vcpus = {vcpu(7, 0, a0, 1'000'000, 501), vcpu(7, 1, b0, 0)};
+        after.vcpus = {vcpu(7, 0, a1, 11'000'000, 501), vcpu(7, 1, b1, 0)};
+    }
+};
+
+TEST(StatReport, RatesArePerSecondOverTheInterval) {
+    const TwoSnapshots s;
+    const Report r = make_report(s.before, s.after);
+    EXPECT_DOUBLE_EQ(2.0, r.interval_s);
+    ASSERT_EQ(2U, r.vms.size());
+    // VM 9 logs 10000 pages/s, VM 7 1250: VM 9 first.
+    EXPECT_EQ(9U, r.vms[0].vm.id);
+    EXPECT_DOUBLE_EQ(10000.0, r.vms[0].total.pages_per_s);
+    EXPECT_DOUBLE_EQ(25.0, r.vms[0].total.fill_pct);
+
+    const VmReport& v7 = r.vms[1];
+    ASSERT_EQ(2U, v7.vcpus.size());
+    const Rates& c0 = v7.vcpus[0].rates;
+    EXPECT_EQ(0U, v7.vcpus[0].vcpu.id);
+    EXPECT_DOUBLE_EQ(1000.0, c0.pages_per_s);
+    EXPECT_DOUBLE_EQ(12.5, c0.fill_pct);
+    EXPECT_DOUBLE_EQ(2.0, c0.waits_per_s);
+    EXPECT_DOUBLE_EQ(1.0, c0.wait_ms_per_s);
+    EXPECT_DOUBLE_EQ(5.0, c0.stall_ms_per_s);
+    EXPECT_EQ(3U, c0.overflows);
+    EXPECT_DOUBLE_EQ(0.0, v7.vcpus[1].rates.pages_per_s);
+    EXPECT_DOUBLE_EQ(250.0, v7.ring.pages_per_s);
+    EXPECT_DOUBLE_EQ(40.0 * 100 / 4096, v7.ring.fill_pct);
+    // The VM's row adds up its rings; its fill is the fullest ring's.
+    EXPECT_DOUBLE_EQ(1250.0, v7.total.pages_per_s);
+    EXPECT_DOUBLE_EQ(12.5, v7.total.fill_pct);
+    EXPECT_DOUBLE_EQ(2.0, v7.total.waits_per_s);
+    EXPECT_DOUBLE_EQ(5.0, v7.total.stall_ms_per_s);
+    EXPECT_EQ(3U, v7.total.overflows);
+}
+
+TEST(StatReport, NewVmsAndRecreatedVcpusCountFromZero) {
+    TwoSnapshots s;
+    s.before.vms.pop_back();  // VM 9 is new
+    // vCPU 1 was closed and created again: its counters start over.
+    s.before.vcpus[1].ring.pushed = 1'000'000;
+    s.after.vcpus[1].ring.pushed = 200;
+    const Report r = make_report(s.before, s.after);
+    EXPECT_DOUBLE_EQ(10000.0, r.vms[0].total.pages_per_s);
+    ASSERT_EQ(1U, r.vms[1].vcpus[1].vcpu.id);
+    EXPECT_DOUBLE_EQ(100.0, r.vms[1].vcpus[1].rates.pages_per_s);
+}
+
+TEST(StatReport, VcpusSortByPagesThenId) {
+    TwoSnapshots s;
+    s.after.vcpus[1].ring.pushed = 50 + 4000;  // vCPU 1: 2000 pages/s, more than vCPU 0
+    Report r = make_report(s.before, s.after);
+    EXPECT_EQ(1U, r.vms[1].vcpus[0].vcpu.id);
+    EXPECT_EQ(0U, r.vms[1].vcpus[1].vcpu.id);
+    s.after.vcpus[1].ring.pushed = 50 + 2000;  // a tie: by id
+    r = make_report(s.before, s.after);
+    EXPECT_EQ(0U, r.vms[1].vcpus[0].vcpu.id);
+}
+
+TEST(StatReport, Filter) {
+    const Vm v = vm(7, 1234, "vmm", {});
+    EXPECT_TRUE(Filter{}.matches(v));
+    EXPECT_TRUE((Filter{7, std::nullopt}.matches(v)));
+    EXPECT_FALSE((Filter{8, std::nullopt}.matches(v)));
+    EXPECT_TRUE((Filter{std::nullopt, 1234}.matches(v)));
+    EXPECT_FALSE((Filter{7, 1}.matches(v)));
+}
+
+TEST(StatReport, Table) {
+    const TwoSnapshots s;
+    const std::string table = format_table(make_report(s.before, s.after));
+    EXPECT_EQ(
+        "VM/VCPU         PID/TID  COMM               PAGES/s  FILL%  WAITS/s WAIT ms/s STALL ms/s "
+        "OVERFLOWS\n"
+        "vm 9                 99  other              10000.0   25.0      0.0      0.00       0.00  "
+        "       0\n"
+        "  vm ring             -                     10000.0   25.0      0.0      0.00          -  "
+        "       0\n"
+        "vm 7               1234  vmm                 1250.0   12.5      2.0      1.00       5.00  "
+        "       3\n"
+        "  vcpu 0            501                      1000.0   12.5      2.0      1.00       5.00  "
+        "       3\n"
+        "  vcpu 1              -                         0.0    0.0      0.0      0.00       0.00  "
+        "       0\n"
+        "  vm ring             -                       250.0    1.0      0.0      0.00          -  "
+        "       0\n",
+        table);
+}
+
+TEST(StatReport, TableFitsRowsAndWidth) {
+    const TwoSnapshots s;
+    const Report r = make_report(s.before, s.after);
+    const std::string t = format_table(r, 3, 20);
+    EXPECT_EQ(
+        "VM/VCPU         PID/\n"
+        "vm 9                \n"
+        "  vm ring           \n"
+        "... 4 more rows\n",
+        t);
+    EXPECT_EQ(std::string::npos, format_table(r, 0).find("vm 9"));
+}
+
+TEST(StatReport, JsonHasRawCountersAndRates) {
+    TwoSnapshots s;
+    s.after.vcpus[0].fault_hist[3] = 17;
+    s.after.vcpus[0].faults = 20;
+    s.after.vms[0].vm_ring->wait_hist[31] = 2;  // VM 7
+    const auto j = to_json(make_report(s.before, s.after), 1);
+    EXPECT_EQ("2024-05-01T12:00:00.123Z", j["time"]);
+    EXPECT_EQ(2.0, j["interval_s"]);
+    EXPECT_EQ(1, j["family_version"]);
+    ASSERT_EQ(2U, j["vms"].size());
+    const auto& v7 = j["vms"][1];
+    EXPECT_EQ(7, v7["id"]);
+    EXPECT_EQ(1234, v7["owner_pid"]);
+    EXPECT_EQ("vmm", v7["owner_comm"]);
+    EXPECT_EQ(4096, v7["slots"][0]["pages"]);
+    EXPECT_EQ(600, v7["ring"]["pushed"]);
+    EXPECT_EQ(40, v7["ring"]["used"]);
+    EXPECT_EQ(4032, v7["ring"]["soft_limit"]);
+    ASSERT_EQ(kHistBuckets, v7["ring"]["wait_hist"].size());
+    EXPECT_EQ(2, v7["ring"]["wait_hist"][31]);
+    EXPECT_EQ(250.0, v7["ring_rates"]["pages_logged_per_s"]);
+    EXPECT_FALSE(v7["ring_rates"].contains("stall_ms_per_s"));
+    EXPECT_EQ(1250.0, v7["rates"]["pages_logged_per_s"]);
+    const auto& c0 = v7["vcpus"][0];
+    EXPECT_EQ(0, c0["id"]);
+    EXPECT_EQ(501, c0["bound_tid"]);
+    EXPECT_EQ(20, c0["faults"]);
+    EXPECT_EQ(11'000'000, c0["fault_ns"]);
+    EXPECT_EQ(17, c0["fault_hist"][3]);
+    EXPECT_EQ(3000, c0["ring"]["pushed"]);
+    EXPECT_EQ(4, c0["ring"]["waits"]);
+    EXPECT_EQ(2'000'000, c0["ring"]["wait_ns"]);
+    EXPECT_EQ(8, c0["ring"]["overflows"]);
+    EXPECT_EQ(5.0, c0["rates"]["stall_ms_per_s"]);
+    EXPECT_EQ(2.0, c0["rates"]["waits_per_s"]);
+    EXPECT_EQ(3, c0["rates"]["overflows"]);
+    EXPECT_TRUE(v7["vcpus"][1]["bound_tid"].is_null());
+}
+
+TEST(StatReport, Events) {
+    const auto t = std::chrono::system_clock::time_point(1714564800s + 5ms);
+    Event e;
+    e.kind = Event::Kind::Reset;
+    e.vm_id = 3;
+    e.entries = 4096;
+    e.relogged = 2;
+    e.soft_full = 1;
+    e.ns = 532'000;
+    EXPECT_EQ(
+        "2024-05-01T12:00:00.005Z vm 3 reset 4096 entries (2 relogged, 1 soft-full, 0 overflows) "
+        "in 0.532 ms",
+        format_event(e, t, false));
+    const auto j = nlohmann::json::parse(format_event(e, t, true));
+    EXPECT_EQ("reset", j["event"]);
+    EXPECT_EQ(3, j["vm"]);
+    EXPECT_EQ(4096, j["entries"]);
+    EXPECT_EQ(532'000, j["ns"]);
+
+    Event w;
+    w.kind = Event::Kind::Wait;
+    w.vm_id = 3;
+    w.ns = 1'500'000;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vm ring waited 1.500 ms", format_event(w, t, false));
+    EXPECT_TRUE(nlohmann::json::parse(format_event(w, t, true))["vcpu"].is_null());
+    w.vcpu = 1;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vcpu 1 waited 1.500 ms", format_event(w, t, false));
+
+    Event c;
+    c.kind = Event::Kind::VmCreated;
+    c.vm_id = 4;
+    c.owner_pid = 42;
+    c.owner_comm = "qemu";
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 4 created by pid 42 (qemu)", format_event(c, t, false));
+    EXPECT_EQ("qemu", nlohmann::json::parse(format_event(c, t, true))["owner_comm"]);
+    c.kind = Event::Kind::VmDestroyed;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 4 destroyed", format_event(c, t, false));
+}
+
+// --- decoding ---------------------------------------------------------------------
+
+constexpr int kFakeFamily = 0x1234;
+
+// A message of the family as the module would send it.
+class Message {
+public:
+    explicit Message(std::uint8_t cmd) : msg_(alloc_msg()) {
+        EXPECT_NE(nullptr, genlmsg_put(msg_.get(), 0, 0, kFakeFamily, 0, 0, cmd, 1));
+    }
+    nl_msg* get() const { return msg_.get(); }
+    nlmsghdr* hdr() const { return nlmsg_hdr(msg_.get()); }
+
+    void u32(int type, std::uint32_t v) { EXPECT_EQ(0, nla_put_u32(get(), type, v)); }
+    void u64(int type, std::uint64_t v) { EXPECT_EQ(0, nla_put_u64(get(), type, v)); }
+    void str(int type, const char* s) { EXPECT_EQ(0, nla_put_string(get(), type, s)); }
+    void bytes(int type, const void* p, int len) { EXPECT_EQ(0, nla_put(get(), type, len, p)); }
+    nlattr* nest(int type) { return nla_nest_start(get(), type); }
+    void end(nlattr* n) { nla_nest_end(get(), n); }
+
+    void histogram(int type, std::size_t buckets = kHistBuckets, std::uint64_t first = 1) {
+        std::vector<std::uint64_t> h(buckets);
+        for (std::size_t i = 0; i < buckets; ++i) h[i] = first + i;
+        bytes(type, h.data(), static_cast<int>(buckets * sizeof(std::uint64_t)));
+    }
+
+    // A ring nest whose counters are `base` + their attribute number.
+    void ring(int type, std::uint64_t base, int skip = -1) {
+        nlattr* n = nest(type);
+        for (int a = DIRTYRING_A_RING_ENTRIES; a <= DIRTYRING_A_RING_USED; ++a)
+            if (a != skip) u32(a, static_cast<std::uint32_t>(base) + static_cast<std::uint32_t>(a));
+        for (int a = DIRTYRING_A_RING_PUSHED; a <= DIRTYRING_A_RING_WAIT_NS; ++a)
+            if (a != skip) u64(a, base + static_cast<std::uint64_t>(a));
+        if (skip != DIRTYRING_A_RING_WAIT_HIST)
+            histogram(DIRTYRING_A_RING_WAIT_HIST, kHistBuckets, base);
+        end(n);
+    }
+
+private:
+    NlMsg msg_;
+};
+
+Ring expected_ring(std::uint64_t base) {
+    Ring r;
+    r.entries = static_cast<std::uint32_t>(base) + DIRTYRING_A_RING_ENTRIES;
+    r.soft_limit = static_cast<std::uint32_t>(base) + DIRTYRING_A_RING_SOFT_LIMIT;
+    r.used = static_cast<std::uint32_t>(base) + DIRTYRING_A_RING_USED;
+    r.pushed = base + DIRTYRING_A_RING_PUSHED;
+    r.soft_full = base + DIRTYRING_A_RING_SOFT_FULL;
+    r.overflows = base + DIRTYRING_A_RING_OVERFLOWS;
+    r.waits = base + DIRTYRING_A_RING_WAITS;
+    r.wait_ns = base + DIRTYRING_A_RING_WAIT_NS;
+    for (std::size_t i = 0; i < kHistBuckets; ++i) r.wait_hist[i] = base + i;
+    return r;
+}
+
+Message vm_message() {
+    Message m(DIRTYRING_CMD_VM_GET);
+    m.u32(DIRTYRING_A_VM_ID, 5);
+    m.u32(DIRTYRING_A_VM_OWNER_PID, 321);
+    m.str(DIRTYRING_A_VM_OWNER_COMM, "dirtyring-vmm");
+    for (std::uint32_t s = 0; s < 2; ++s) {
+        nlattr* n = m.nest(DIRTYRING_A_VM_SLOT);
+        m.u32(DIRTYRING_A_SLOT_ID, s);
+        m.u64(DIRTYRING_A_SLOT_PAGES, 1000 + s);
+        m.end(n);
+    }
+    m.ring(DIRTYRING_A_VM_RING, 100);
+    return m;
+}
+
+TEST(StatDecode, Vm) {
+    const Message m = vm_message();
+    const Vm v = decode_vm(m.hdr());
+    EXPECT_EQ(5U, v.id);
+    EXPECT_EQ(321U, v.owner_pid);
+    EXPECT_EQ("dirtyring-vmm", v.owner_comm);
+    ASSERT_EQ(2U, v.slots.size());
+    EXPECT_EQ((Slot{1, 1001}), v.slots[1]);
+    EXPECT_EQ(expected_ring(100), v.vm_ring);
+}
+
+TEST(StatDecode, AttributesNewerThanTheToolAreIgnored) {
+    Message m = vm_message();
+    m.u64(DIRTYRING_A_MAX + 1, 7);
+    nlattr* r = m.nest(DIRTYRING_A_VM_VCPU);  // a nest VM_GET may carry: not read here
+    m.u32(DIRTYRING_A_VCPU_ID, 0);
+    m.end(r);
+    EXPECT_EQ(5U, decode_vm(m.hdr()).id);
+}
+
+Message vcpu_message(bool bound) {
+    Message m(DIRTYRING_CMD_VCPU_GET);
+    m.u32(DIRTYRING_A_VM_ID, 5);
+    nlattr* n = m.nest(DIRTYRING_A_VM_VCPU);
+    m.u32(DIRTYRING_A_VCPU_ID, 3);
+    if (bound) m.u32(DIRTYRING_A_VCPU_BOUND_TID, 777);
+    m.ring(DIRTYRING_A_VCPU_RING, 200);
+    m.u64(DIRTYRING_A_VCPU_FAULTS, 11);
+    m.u64(DIRTYRING_A_VCPU_FAULT_NS, 12345);
+    m.histogram(DIRTYRING_A_VCPU_FAULT_HIST, kHistBuckets, 1000);
+    m.end(n);
+    return m;
+}
+
+TEST(StatDecode, Vcpu) {
+    const Vcpu v = decode_vcpu(vcpu_message(true).hdr());
+    EXPECT_EQ(5U, v.vm_id);
+    EXPECT_EQ(3U, v.id);
+    EXPECT_EQ(777U, v.bound_tid.value());
+    EXPECT_EQ(expected_ring(200), v.ring);
+    EXPECT_EQ(11U, v.faults);
+    EXPECT_EQ(12345U, v.fault_ns);
+    EXPECT_EQ(1000U, v.fault_hist[0]);
+    EXPECT_EQ(1031U, v.fault_hist[31]);
+    EXPECT_FALSE(decode_vcpu(vcpu_message(false).hdr()).bound_tid);
+}
+
+TEST(StatDecode, Histogram) {
+    Message m(DIRTYRING_CMD_VM_GET);
+    std::array<std::uint64_t, kHistBuckets> h{};
+    h[0] = 5;            // [0, 2) ns
+    h[10] = 1ULL << 40;  // [1024, 2048) ns
+    h[31] = ~0ULL;       // 2^31 ns and longer
+    m.bytes(DIRTYRING_A_VCPU_FAULT_HIST, h.data(), sizeof(h));
+    m.bytes(DIRTYRING_A_VCPU_FAULT_HIST, h.data(), sizeof(h) - 8);
+    m.bytes(DIRTYRING_A_VCPU_FAULT_HIST, h.data(), 0);
+    auto* gh = static_cast<genlmsghdr*>(nlmsg_data(m.hdr()));
+    nlattr* full = genlmsg_attrdata(gh, 0);
+    int rem = genlmsg_attrlen(gh, 0);
+    EXPECT_EQ(h, decode_histogram(full, "test"));
+    nlattr* short_one = nla_next(full, &rem);
+    try {
+        decode_histogram(short_one, "vCPU 0 FAULT_HIST");
+        FAIL() << "a short histogram was accepted";
+    } catch (const dirtyring::Error& e) {
+        EXPECT_EQ(EPROTO, e.errnum());
+        EXPECT_NE(std::string::npos,
+                  std::string(e.what()).find("vCPU 0 FAULT_HIST: a histogram of 248 bytes, 256 "
+                                             "(32 u64 counts) expected"))
+            << e.what();
+    }
+    EXPECT_THROW(decode_histogram(nla_next(short_one, &rem), "x"), dirtyring::Error);
+}
+
+// One malformed message: what to do to a good one and what the error says.
+struct Malformed {
+    const char* name;
+    std::function<Message()> make;
+    const char* says;
+};
+
+class StatDecodeRejects : public testing::TestWithParam<Malformed> {};
+
+TEST_P(StatDecodeRejects, WithAClearError) {
+    const Message m = GetParam().make();
+    try {
+        if (genlmsg_hdr(m.hdr())->cmd == DIRTYRING_CMD_VCPU_GET)
+            decode_vcpu(m.hdr());
+        else
+            decode_vm(m.hdr());
+        FAIL() << "accepted";
+    } catch (const dirtyring::Error& e) {
+        EXPECT_EQ(EPROTO, e.errnum()) << e.what();
+        EXPECT_NE(std::string::npos, std::string(e.what()).find(GetParam().says)) << e.what();
+    }
+}
+
+Message vm_without(int attr) {
+    Message m(DIRTYRING_CMD_VM_GET);
+    if (attr != DIRTYRING_A_VM_ID) m.u32(DIRTYRING_A_VM_ID, 5);
+    if (attr != DIRTYRING_A_VM_OWNER_PID) m.u32(DIRTYRING_A_VM_OWNER_PID, 321);
+    if (attr != DIRTYRING_A_VM_OWNER_COMM) m.str(DIRTYRING_A_VM_OWNER_COMM, "x");
+    if (attr != DIRTYRING_A_VM_RING) m.ring(DIRTYRING_A_VM_RING, 100);
+    return m;
+}
+
+Message vm_with_ring_without(int ring_attr) {
+    Message m(DIRTYRING_CMD_VM_GET);
+    m.u32(DIRTYRING_A_VM_ID, 5);
+    m.u32(DIRTYRING_A_VM_OWNER_PID, 321);
+    m.str(DIRTYRING_A_VM_OWNER_COMM, "x");
+    m.ring(DIRTYRING_A_VM_RING, 100, ring_attr);
+    return m;
+}
+
+TEST(StatDecode, VmWithoutRingsYet) {
+    const Vm v = decode_vm(vm_without(DIRTYRING_A_VM_RING).hdr());
+    EXPECT_EQ(5U, v.id);
+    EXPECT_FALSE(v.vm_ring);
+    // Shown with empty rings.
+    Snapshot before, after;
+    after.taken = before.taken + 1s;
+    after.vms = {v};
+    const Report r = make_report(before, after);
+    ASSERT_EQ(1U, r.vms.size());
+    EXPECT_EQ(0.0, r.vms[0].total.pages_per_s);
+    EXPECT_TRUE(to_json(r, 1)["vms"][0]["ring"].is_null());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, StatDecodeRejects,
+    testing::Values(
+        Malformed{"no_vm_id", [] { return vm_without(DIRTYRING_A_VM_ID); },
+                  "VM_GET reply: attribute VM_ID is missing"},
+        Malformed{"no_owner", [] { return vm_without(DIRTYRING_A_VM_OWNER_PID); },
+                  "VM_GET reply: attribute VM_OWNER_PID is missing"},
+        Malformed{"no_comm", [] { return vm_without(DIRTYRING_A_VM_OWNER_COMM); },
+                  "attribute VM_OWNER_COMM is missing"},
+        Malformed{"no_ring_used", [] { return vm_with_ring_without(DIRTYRING_A_RING_USED); },
+                  "VM_GET reply of VM 5, VM ring: attribute RING_USED is missing"},
+        Malformed{"no_wait_hist", [] { return vm_with_ring_without(DIRTYRING_A_RING_WAIT_HIST); },
+                  "attribute RING_WAIT_HIST is missing"},
+        Malformed{"vm_id_u16",
+                  [] {
+                      Message m(DIRTYRING_CMD_VM_GET);
+                      EXPECT_EQ(0, nla_put_u16(m.get(), DIRTYRING_A_VM_ID, 5));
+                      return m;
+                  },
+                  "attribute VM_ID has 2 bytes, 4 expected"},
+        Malformed{"pushed_u32",
+                  [] {
+                      Message m = vm_without(DIRTYRING_A_VM_RING);
+                      nlattr* n = m.nest(DIRTYRING_A_VM_RING);
+                      m.u32(DIRTYRING_A_RING_PUSHED, 1);
+                      m.end(n);
+                      return m;
+                  },
+                  "VM ring: attribute RING_PUSHED has 4 bytes, 8 expected"},
+        Malformed{"comm_unterminated",
+                  [] {
+                      Message m(DIRTYRING_CMD_VM_GET);
+                      m.u32(DIRTYRING_A_VM_ID, 5);
+                      m.bytes(DIRTYRING_A_VM_OWNER_COMM, "abcd", 4);
+                      return m;
+                  },
+                  "attribute VM_OWNER_COMM is not a NUL-terminated string"},
+        Malformed{"comm_too_long",
+                  [] {
+                      Message m(DIRTYRING_CMD_VM_GET);
+                      m.str(DIRTYRING_A_VM_OWNER_COMM, "a-name-longer-than-comm");
+                      return m;
+                  },
+                  "attribute VM_OWNER_COMM is a string of 24 bytes, at most 16 expected"},
+        Malformed{"fault_hist_short",
+                  [] {
+                      Message m(DIRTYRING_CMD_VCPU_GET);
+                      m.u32(DIRTYRING_A_VM_ID, 5);
+                      nlattr* n = m.nest(DIRTYRING_A_VM_VCPU);
+                      m.u32(DIRTYRING_A_VCPU_ID, 2);
+                      m.histogram(DIRTYRING_A_VCPU_FAULT_HIST, kHistBuckets - 1);
+                      m.end(n);
+                      return m;
+                  },
+                  "VCPU_GET reply of VM 5, vCPU: attribute VCPU_FAULT_HIST has 248 bytes, 256 "
+                  "expected"},
+        Malformed{"vcpu_without_nest",
+                  [] {
+                      Message m(DIRTYRING_CMD_VCPU_GET);
+                      m.u32(DIRTYRING_A_VM_ID, 5);
+                      return m;
+                  },
+                  "VCPU_GET reply: attribute VM_VCPU is missing"},
+        Malformed{"vcpu_without_ring",
+                  [] {
+                      Message m(DIRTYRING_CMD_VCPU_GET);
+                      m.u32(DIRTYRING_A_VM_ID, 5);
+                      nlattr* n = m.nest(DIRTYRING_A_VM_VCPU);
+                      m.u32(DIRTYRING_A_VCPU_ID, 2);
+                      m.end(n);
+                      return m;
+                  },
+                  "VCPU_GET reply of VM 5, vCPU: attribute VCPU_RING is missing"},
+        Malformed{"wrong_command",
+                  [] {
+                      Message m = vcpu_message(true);
+                      genlmsg_hdr(m.hdr())->cmd = DIRTYRING_CMD_WAIT_NTF;
+                      return m;
+                  },
+                  "command 5"},
+        Malformed{"truncated",
+                  [] {
+                      Message m = vm_message();
+                      m.hdr()->nlmsg_len -= 12;  // in the middle of the VM ring nest
+                      return m;
+                  },
+                  "VM_GET reply: truncated"},
+        Malformed{"truncated_nest",
+                  [] {
+                      Message m = vm_without(DIRTYRING_A_VM_RING);
+                      nlattr* n = m.nest(DIRTYRING_A_VM_RING);
+                      m.u32(DIRTYRING_A_RING_ENTRIES, 1);
+                      m.end(n);
+                      n->nla_len = static_cast<std::uint16_t>(n->nla_len - 2);  // cuts ENTRIES
+                      return m;
+                  },
+                  "VM ring: truncated"},
+        Malformed{"no_generic_header",
+                  [] {
+                      Message m(DIRTYRING_CMD_VM_GET);
+                      m.hdr()->nlmsg_len = 16 + 2;
+                      return m;
+                  },
+                  "shorter than a generic netlink header"}),
+    [](const auto& p) { return std::string(p.param.name); });
+
+TEST(StatDecode, Events) {
+    Message created(DIRTYRING_CMD_VM_CREATED_NTF);
+    created.u32(DIRTYRING_A_VM_ID, 8);
+    created.u32(DIRTYRING_A_VM_OWNER_PID, 55);
+    created.str(DIRTYRING_A_VM_OWNER_COMM, "vmm");
+    auto e = decode_event(created.hdr());
+    ASSERT_TRUE(e);
+    EXPECT_EQ(Event::Kind::VmCreated, e->kind);
+    EXPECT_EQ(8U, e->vm_id);
+    EXPECT_EQ(55U, e->owner_pid);
+    EXPECT_EQ("vmm", e->owner_comm);
+
+    Message destroyed(DIRTYRING_CMD_VM_DESTROYED_NTF);
+    destroyed.u32(DIRTYRING_A_VM_ID, 8);
+    EXPECT_EQ(Event::Kind::VmDestroyed, decode_event(destroyed.hdr())->kind);
+
+    Message wait(DIRTYRING_CMD_WAIT_NTF);
+    wait.u32(DIRTYRING_A_VM_ID, 8);
+    wait.u64(DIRTYRING_A_EV_NS, 999);
+    e = decode_event(wait.hdr());
+    EXPECT_EQ(Event::Kind::Wait, e->kind);
+    EXPECT_FALSE(e->vcpu);
+    EXPECT_EQ(999U, e->ns);
+    wait.u32(DIRTYRING_A_EV_VCPU, 2);
+    EXPECT_EQ(2U, decode_event(wait.hdr())->vcpu.value());
+
+    Message reset(DIRTYRING_CMD_RESET_NTF);
+    reset.u32(DIRTYRING_A_VM_ID, 8);
+    reset.u64(DIRTYRING_A_EV_ENTRIES, 10);
+    reset.u64(DIRTYRING_A_EV_RELOGGED, 11);
+    reset.u64(DIRTYRING_A_EV_NS, 12);
+    reset.u64(DIRTYRING_A_EV_SOFT_FULL, 13);
+    reset.u64(DIRTYRING_A_EV_OVERFLOWS, 14);
+    e = decode_event(reset.hdr());
+    EXPECT_EQ(Event::Kind::Reset, e->kind);
+    EXPECT_EQ(10U, e->entries);
+    EXPECT_EQ(11U, e->relogged);
+    EXPECT_EQ(12U, e->ns);
+    EXPECT_EQ(13U, e->soft_full);
+    EXPECT_EQ(14U, e->overflows);
+
+    Message incomplete(DIRTYRING_CMD_RESET_NTF);
+    incomplete.u32(DIRTYRING_A_VM_ID, 8);
+    EXPECT_THROW(decode_event(incomplete.hdr()), dirtyring::Error);
+
+    Message future(DIRTYRING_CMD_MAX + 1);
+    EXPECT_FALSE(decode_event(future.hdr()));
+}
+
+TEST(StatFamily, VersionMismatchSaysWhichSideIsOlder) {
+    EXPECT_NO_THROW(check_family_version(kFamilyVersion));
+    for (const std::uint8_t v : {std::uint8_t(kFamilyVersion + 1), std::uint8_t(0)}) {
+        try {
+            check_family_version(v);
+            FAIL() << "version " << v << " accepted";
+        } catch (const FamilyError& e) {
+            EXPECT_EQ(FamilyError::Reason::Version, e.reason());
+            EXPECT_NE(std::string::npos, e.message().find("has version " + std::to_string(v) +
+                                                          ", this dirtyring-stat speaks version 1"))
+                << e.message();
+            EXPECT_NE(std::string::npos, e.message().find(v ? "newer" : "older")) << e.message();
+        }
+    }
+}
+
+TEST(StatFamily, LibnlErrorsMapToErrno) {
+    EXPECT_EQ(EPERM, errno_of_nl_error(-NLE_PERM));
+    EXPECT_EQ(ENOENT, errno_of_nl_error(NLE_OBJ_NOTFOUND));
+    EXPECT_EQ(ENOMEM, errno_of_nl_error(-NLE_NOMEM));
+    EXPECT_EQ(EPROTO, errno_of_nl_error(-NLE_MSG_TRUNC));
+}
+
+// --- the live table on a pty ----------------------------------------------------------
+
+// A pty pair; the test holds the master side, the table runs on the slave.
+struct Pty {
+    int master = -1, slave = -1;
+    Pty() {
+        winsize ws{};
+        ws.ws_row = 30;
+        ws.ws_col = 120;
+        EXPECT_EQ(0, ::openpty(&master, &slave, nullptr, nullptr, &ws));
+    }
+    ~Pty() {
+        ::close(master);
+        ::close(slave);
+    }
+    tcflag_t lflag() const {
+        termios t{};
+        EXPECT_EQ(0, ::tcgetattr(slave, &t));
+        return t.c_lflag;
+    }
+    // Reads what the table wrote until `needle` shows up (true) or 10 s
+    // pass without it (false).
+    bool read_until(const std::string& needle, std::string& out) const {
+        const auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (out.find(needle) == std::string::npos) {
+            if (std::chrono::steady_clock::now() > deadline) return false;
+            pollfd p{master, POLLIN, 0};
+            if (::poll(&p, 1, 100) <= 0) continue;
+            char buf[4096];
+            const ssize_t n = ::read(master, buf, sizeof(buf));
+            if (n <= 0) return false;
+            out.append(buf, static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+};
+
+// Snapshots of one VM whose vCPU 0 logs 1000 pages per sample.
+class FakeSampler {
+public:
+    explicit FakeSampler(int throw_at = -1) : throw_at_(throw_at) {}
+    Snapshot operator()() {
+        if (calls_++ == throw_at_) throw dirtyring::Error(EIO, "fake sampling failure");
+        Snapshot s;
+        s.taken = std::chrono::steady_clock::now();
+        s.wall = std::chrono::system_clock::now();
+        s.vms = {vm(7, 1234, "fake-vmm", ring(4096, 0, 0))};
+        s.vcpus = {vcpu(7, 0, ring(4096, 100, 1000 * static_cast<std::uint64_t>(calls_)), 0, 42)};
+        return s;
+    }
+
+private:
+    int throw_at_;
+    int calls_ = 0;
+};
+
+TEST(StatLive, RendersAndQuitsOnQ) {
+    Pty pty;
+    const tcflag_t before = pty.lflag();
+    ASSERT_TRUE(before & ICANON);
+    FakeSampler sampler;
+    auto live = std::async(std::launch::async,
+                           [&] { run_live(std::ref(sampler), 0.05, pty.slave, pty.slave, -1); });
+    std::string out;
+    ASSERT_TRUE(pty.read_until("  vcpu 0", out)) << out;
+    EXPECT_NE(std::string::npos, out.find(kEnterScreen));
+    EXPECT_NE(std::string::npos, out.find("VM/VCPU")) << out;
+    EXPECT_NE(std::string::npos, out.find("vm 7")) << out;
+    EXPECT_NE(std::string::npos, out.find("fake-vmm")) << out;
+    EXPECT_NE(std::string::npos, out.find("(q quits)")) << out;
+    // Keys one at a time, unechoed, while the table runs.
+    EXPECT_FALSE(pty.lflag() & ICANON);
+    EXPECT_FALSE(pty.lflag() & ECHO);
+    ASSERT_EQ(1, ::write(pty.master, "q", 1));
+    ASSERT_EQ(std::future_status::ready, live.wait_for(10s));
+    live.get();
+    EXPECT_EQ(before, pty.lflag());
+    EXPECT_TRUE(pty.read_until(kLeaveScreen, out));
+}
+
+TEST(StatLive, RestoresTheTerminalWhenSamplingFails) {
+    Pty pty;
+    const tcflag_t before = pty.lflag();
+    FakeSampler sampler(2);
+    auto live = std::async(std::launch::async,
+                           [&] { run_live(std::ref(sampler), 0.02, pty.slave, pty.slave, -1); });
+    ASSERT_EQ(std::future_status::ready, live.wait_for(10s));
+    EXPECT_THROW(live.get(), dirtyring::Error);
+    EXPECT_EQ(before, pty.lflag());
+    std::string out;
+    EXPECT_TRUE(pty.read_until(kLeaveScreen, out));
+}
+
+TEST(StatLive, StopsOnTheStopFd) {
+    Pty pty;
+    int stop[2];
+    ASSERT_EQ(0, ::pipe(stop));
+    FakeSampler sampler;
+    auto live = std::async(std::launch::async, [&] {
+        run_live(std::ref(sampler), 0.05, pty.slave, pty.slave, stop[0]);
+    });
+    std::string out;
+    ASSERT_TRUE(pty.read_until("vm 7", out)) << out;
+    ASSERT_EQ(1, ::write(stop[1], "x", 1));
+    EXPECT_EQ(std::future_status::ready, live.wait_for(10s));
+    live.get();
+    ::close(stop[0]);
+    ::close(stop[1]);
+}
+
+}  // namespace
