@@ -194,8 +194,15 @@ int dr_netlink_init(void);
 void dr_netlink_exit(void);
 void dr_netlink_vm_event(struct dr_vm *vm, u8 cmd);
 void dr_netlink_wait_event(struct dr_vm *vm, struct dr_ring *ring, u64 ns);
+struct dr_reset_report {
+	bool wanted;		/* someone listens to events */
+	u64 soft_full, overflows;
+};
+
+void dr_netlink_reset_collect(struct dr_vm *vm, struct dr_reset_report *rep);
 void dr_netlink_reset_event(struct dr_vm *vm,
-			    const struct dirtyring_reset *reset, u64 ns);
+			    const struct dirtyring_reset *reset, u64 ns,
+			    const struct dr_reset_report *rep);
 void dr_vm_show_fdinfo(struct seq_file *m, struct file *file);
 
 /* wait.c */

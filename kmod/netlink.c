@@ -9,7 +9,8 @@
  * through dr_vm_get_by_id() / dr_vm_get_next() (dr_vms_lock, dev.c) and
  * reads the counters the way GET_RING_STATUS does (ring->lock, atomics),
  * so they never hold a module lock while they build or send a message.
- * Events are sent only from contexts that may sleep and hold no spinlock,
+ * Events are built and sent only from contexts that may sleep and hold no
+ * module lock (a reset collects its counters under vm->mmu_lock, sends after),
  * only when someone listens; a reset event coalesces the soft-limit
  * crossings and parked pages since the previous one (the per-page events
  * they stand for would flood the group).
@@ -341,29 +342,43 @@ static void dr_ring_since_report(struct dr_ring *ring, u64 *soft_full,
 }
 
 /*
- * A reset completed in @ns.  Called with vm->mmu_lock held (a mutex: this
- * may sleep), which keeps the reported counters consistent.
+ * What the rings saw since the last reset event, taken when someone listens.
+ * Called with vm->mmu_lock held, which keeps the reported counters
+ * consistent; allocates nothing, so the lock is never held across reclaim.
  */
-void dr_netlink_reset_event(struct dr_vm *vm,
-			    const struct dirtyring_reset *reset, u64 ns)
+void dr_netlink_reset_collect(struct dr_vm *vm, struct dr_reset_report *rep)
 {
-	u64 soft_full = 0, overflows = 0;
-	struct sk_buff *msg;
-	void *hdr;
 	int i;
 
 	lockdep_assert_held(&vm->mmu_lock);
-	msg = dr_event_new(vm, DIRTYRING_CMD_RESET_NTF, &hdr);
-	if (!msg)
+	memset(rep, 0, sizeof(*rep));
+	rep->wanted = genl_has_listeners(&dr_genl_family, &init_net,
+					 DR_MCGRP_EVENTS);
+	if (!rep->wanted)
 		return;
 	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++) {
 		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
 
 		if (vcpu)
-			dr_ring_since_report(&vcpu->ring, &soft_full,
-					     &overflows);
+			dr_ring_since_report(&vcpu->ring, &rep->soft_full,
+					     &rep->overflows);
 	}
-	dr_ring_since_report(&vm->vm_ring, &soft_full, &overflows);
+	dr_ring_since_report(&vm->vm_ring, &rep->soft_full, &rep->overflows);
+}
+
+/* A reset completed in @ns.  Process context, no lock held. */
+void dr_netlink_reset_event(struct dr_vm *vm,
+			    const struct dirtyring_reset *reset, u64 ns,
+			    const struct dr_reset_report *rep)
+{
+	struct sk_buff *msg;
+	void *hdr;
+
+	if (!rep->wanted)
+		return;
+	msg = dr_event_new(vm, DIRTYRING_CMD_RESET_NTF, &hdr);
+	if (!msg)
+		return;
 	dr_event_send(msg, hdr,
 		      !nla_put_u64_64bit(msg, DIRTYRING_A_EV_ENTRIES,
 					 reset->entries, DIRTYRING_A_PAD) &&
@@ -372,9 +387,9 @@ void dr_netlink_reset_event(struct dr_vm *vm,
 		      !nla_put_u64_64bit(msg, DIRTYRING_A_EV_NS, ns,
 					 DIRTYRING_A_PAD) &&
 		      !nla_put_u64_64bit(msg, DIRTYRING_A_EV_SOFT_FULL,
-					 soft_full, DIRTYRING_A_PAD) &&
+					 rep->soft_full, DIRTYRING_A_PAD) &&
 		      !nla_put_u64_64bit(msg, DIRTYRING_A_EV_OVERFLOWS,
-					 overflows, DIRTYRING_A_PAD));
+					 rep->overflows, DIRTYRING_A_PAD));
 }
 
 /* The VM fd's /proc/PID/fdinfo: the netlink id, owner and counters. */

@@ -114,6 +114,7 @@ static int dr_vm_reset_ring(struct dr_vm *vm, struct dr_ring *ring,
 /* DIRTYRING_RESET_RINGS: see the uAPI header for the contract. */
 static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 {
+	struct dr_reset_report report;
 	struct dirtyring_reset req;
 	u64 start = ktime_get_ns();
 	int ret = 0;
@@ -148,8 +149,11 @@ static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 	req.relogged = dr_relog_flush(vm);
 	req.overflow_pending = atomic_long_read(&vm->overflow_pending);
 	if (!ret)
-		dr_netlink_reset_event(vm, &req, ktime_get_ns() - start);
+		dr_netlink_reset_collect(vm, &report);
 	mutex_unlock(&vm->mmu_lock);
+	if (!ret)
+		dr_netlink_reset_event(vm, &req, ktime_get_ns() - start,
+				       &report);
 	if (req.overflow_pushed || req.relogged || req.overflow_pending)
 		wake_up_interruptible_poll(&vm->poll_wq, EPOLLIN);
 	if (ret)
