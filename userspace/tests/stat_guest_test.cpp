@@ -500,6 +500,10 @@ TEST_F(StatGuest, EventsShowResetsWaitsAndVmLifetimes) {
         });
         Harvester harvester(small);
         std::uint64_t harvested = 0;
+        // Nobody harvests until the writer waits: a harvester quick enough to
+        // keep the ring below its soft limit would spare it the wait.
+        for (int i = 0; i < 2000 && small.vcpu(0).ring_status().waits == 0; ++i)
+            std::this_thread::sleep_for(10ms);
         while (!written)
             if (small.poll(10ms).harvestable) harvested += harvester.harvest([](auto) {});
         writer.join();
