@@ -22,7 +22,6 @@
 #include <linux/mm.h>
 #include <linux/dirtyring.h>
 
-#include "compat.h"
 #include "internal.h"
 
 #define DIRTYRING_FS_MAGIC 0x64727267	/* "drrg" */
