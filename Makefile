@@ -25,7 +25,7 @@ kdir = /lib/modules/$(kver)/build
 cmake_configure = cmake -S userspace -B $(1) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(2) > $(1).configure.log \
 	|| { cat $(1).configure.log; exit 1; }
 
-.PHONY: all deps linux-source module selftests userspace userspace-asan userspace-tsan check lint demo \
+.PHONY: all deps linux-source module module-nostats selftests userspace userspace-asan userspace-tsan check lint demo \
 	bench stress install install-module clean
 
 STRESS_SCALE ?= 20
@@ -40,6 +40,15 @@ linux-source: deps
 
 module: deps
 	$(MAKE) -C $(kdir) M=$(CURDIR)/kmod modules
+
+# The same sources with the statistics of the fault path compiled out, for
+# make bench's measure of what they cost (selftests/dirtyring/stats_bench.c).
+NOSTATS := $(BUILD)/kmod-nostats
+module-nostats: deps
+	@mkdir -p $(NOSTATS)
+	cp kmod/Kbuild kmod/*.c kmod/*.h $(NOSTATS)/
+	$(MAKE) -C $(kdir) M=$(NOSTATS) KCFLAGS="-DDR_NO_STATS -I$(CURDIR)/include/uapi" modules
+	cp $(NOSTATS)/dirtyring.ko $(NOSTATS)/dirtyring-nostats.ko
 
 selftests: linux-source
 	$(MAKE) -C selftests/dirtyring KSFT=$(LINUX_SOURCE) UAPI=$(CURDIR)/include/uapi \
@@ -71,7 +80,7 @@ lint: linux-source
 demo: all
 	@scripts/demo.sh
 
-bench: all
+bench: all module-nostats
 	@scripts/bench.sh
 
 stress: module selftests

@@ -36,6 +36,7 @@
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 #include <linux/dirtyring.h>
 
 struct dr_vm;
@@ -62,6 +63,8 @@ struct dr_ring {
 	atomic64_t wait_hist[DIRTYRING_HIST_BUCKETS];
 	/* what the last reset event reported: under vm->mmu_lock */
 	u64 reported_soft_full, reported_overflows;
+	/* what the last coalesced events covered: vm->ev_work's own */
+	u64 ev_soft_full, ev_overflows;
 };
 
 struct dr_slot {
@@ -87,7 +90,11 @@ struct dr_vcpu {
 	 */
 	struct pid *bound;
 	struct dr_ring ring;
-	/* stall accounting of the bound threads' first-write faults */
+	/*
+	 * Stall accounting of the bound threads' first-write faults: written
+	 * by the bound thread only, so these atomics stay in its cache (make
+	 * bench measured per-CPU counters no cheaper).
+	 */
 	atomic64_t faults;
 	atomic64_t fault_ns;
 	atomic64_t fault_hist[DIRTYRING_HIST_BUCKETS];
@@ -117,6 +124,10 @@ struct dr_vm {
 
 	spinlock_t waiters_lock;	/* protects waiters */
 	struct list_head waiters;
+
+	/* coalesced soft-full and overflow events (netlink.c) */
+	struct delayed_work ev_work;
+	unsigned long ev_sent;	/* jiffies of the last run: ev_work's own */
 };
 
 /*
@@ -138,6 +149,16 @@ static inline struct dr_vcpu *dr_vm_vcpu(struct dr_vm *vm, u32 id)
 /* dr_ring_push() results */
 #define DR_PUSH_FIRST		BIT(0)	/* the ring was empty */
 #define DR_PUSH_SOFT_FULL	BIT(1)	/* the ring is at its soft limit */
+
+/*
+ * The clock of stall accounting.  DR_NO_STATS (a build of the module for
+ * make bench only) compiles the accounting out, to measure what it costs.
+ */
+#ifdef DR_NO_STATS
+#define DR_STATS 0
+#else
+#define DR_STATS 1
+#endif
 
 /* The histogram bucket of a duration (uAPI: log2 of nanoseconds). */
 static inline unsigned int dr_hist_bucket(u64 ns)
@@ -182,6 +203,7 @@ void dr_ring_status(struct dr_ring *ring, struct dirtyring_ring_status *st);
 /* mem.c */
 int dr_slot_add(struct dr_vm *vm, const struct dirtyring_slot *req);
 void dr_slot_free(struct dr_slot *slot);
+unsigned long dr_slot_resident(struct dr_slot *slot);
 int dr_slot_mmap(struct dr_vm *vm, struct vm_area_struct *vma);
 void dr_slot_reprotect(struct dr_slot *slot, unsigned long base,
 		       unsigned long mask);
@@ -193,7 +215,10 @@ unsigned long dr_relog_flush(struct dr_vm *vm);
 int dr_netlink_init(void);
 void dr_netlink_exit(void);
 void dr_netlink_vm_event(struct dr_vm *vm, u8 cmd);
-void dr_netlink_wait_event(struct dr_vm *vm, struct dr_ring *ring, u64 ns);
+void dr_netlink_wait_event(struct dr_vm *vm, struct dr_ring *ring, u8 cmd,
+			   u64 ns);
+void dr_netlink_kick(struct dr_vm *vm);
+void dr_netlink_ev_work(struct work_struct *work);
 struct dr_reset_report {
 	bool wanted;		/* someone listens to events */
 	u64 soft_full, overflows;

@@ -11,9 +11,11 @@
  * so they never hold a module lock while they build or send a message.
  * Events are built and sent only from contexts that may sleep and hold no
  * module lock (a reset collects its counters under vm->mmu_lock, sends after),
- * only when someone listens; a reset event coalesces the soft-limit
- * crossings and parked pages since the previous one (the per-page events
- * they stand for would flood the group).
+ * only when someone listens.  Soft-limit crossings and overflows, which can
+ * happen once per page in the fault path, only kick vm->ev_work; it sends
+ * what each ring counted since its last run, at most once per
+ * DIRTYRING_GENL_EVENT_MS.  A reset event repeats their totals since the
+ * previous reset event.
  */
 #include <linux/pid.h>
 #include <linux/seq_file.h>
@@ -43,6 +45,19 @@ static int dr_put_hist(struct sk_buff *skb, int type, atomic64_t *hist)
 	for (i = 0; i < DIRTYRING_HIST_BUCKETS; i++)
 		counts[i] = atomic64_read(&hist[i]);
 	return nla_put(skb, type, sizeof(counts), counts);
+}
+
+static int dr_put_stall(struct sk_buff *skb, struct dr_vcpu *vcpu)
+{
+	if (nla_put_u64_64bit(skb, DIRTYRING_A_VCPU_FAULTS,
+			      atomic64_read(&vcpu->faults),
+			      DIRTYRING_A_VCPU_PAD) ||
+	    nla_put_u64_64bit(skb, DIRTYRING_A_VCPU_FAULT_NS,
+			      atomic64_read(&vcpu->fault_ns),
+			      DIRTYRING_A_VCPU_PAD) ||
+	    dr_put_hist(skb, DIRTYRING_A_VCPU_FAULT_HIST, vcpu->fault_hist))
+		return -EMSGSIZE;
+	return 0;
 }
 
 static int dr_put_ring(struct sk_buff *skb, int type, struct dr_ring *ring)
@@ -102,6 +117,12 @@ static int dr_fill_vm(struct sk_buff *skb, struct dr_vm *vm, u32 portid,
 		nest = nla_nest_start(skb, DIRTYRING_A_VM_SLOT);
 		if (!nest || nla_put_u32(skb, DIRTYRING_A_SLOT_ID, slot->id) ||
 		    nla_put_u64_64bit(skb, DIRTYRING_A_SLOT_PAGES, slot->npages,
+				      DIRTYRING_A_SLOT_PAD) ||
+		    nla_put_u64_64bit(skb, DIRTYRING_A_SLOT_RESIDENT,
+				      dr_slot_resident(slot),
+				      DIRTYRING_A_SLOT_PAD) ||
+		    nla_put_u64_64bit(skb, DIRTYRING_A_SLOT_PARKED,
+				      atomic_long_read(&slot->overflow_count),
 				      DIRTYRING_A_SLOT_PAD))
 			goto cancel;
 		nla_nest_end(skb, nest);
@@ -140,13 +161,7 @@ static int dr_fill_vcpu(struct sk_buff *skb, struct dr_vcpu *vcpu,
 	    nla_put_u32(skb, DIRTYRING_A_VCPU_ID, vcpu->id) ||
 	    (tid && nla_put_u32(skb, DIRTYRING_A_VCPU_BOUND_TID, tid)) ||
 	    dr_put_ring(skb, DIRTYRING_A_VCPU_RING, &vcpu->ring) ||
-	    nla_put_u64_64bit(skb, DIRTYRING_A_VCPU_FAULTS,
-			      atomic64_read(&vcpu->faults),
-			      DIRTYRING_A_VCPU_PAD) ||
-	    nla_put_u64_64bit(skb, DIRTYRING_A_VCPU_FAULT_NS,
-			      atomic64_read(&vcpu->fault_ns),
-			      DIRTYRING_A_VCPU_PAD) ||
-	    dr_put_hist(skb, DIRTYRING_A_VCPU_FAULT_HIST, vcpu->fault_hist))
+	    dr_put_stall(skb, vcpu))
 		goto cancel;
 	nla_nest_end(skb, nest);
 	genlmsg_end(skb, hdr);
@@ -311,21 +326,101 @@ void dr_netlink_vm_event(struct dr_vm *vm, u8 cmd)
 				       vm->owner_comm)));
 }
 
-/* A ring-full wait ended after @ns.  Task work, no lock held. */
-void dr_netlink_wait_event(struct dr_vm *vm, struct dr_ring *ring, u64 ns)
+static bool dr_put_ev_vcpu(struct sk_buff *msg, struct dr_vm *vm,
+			   struct dr_ring *ring)
+{
+	return ring == &vm->vm_ring ||
+	       !nla_put_u32(msg, DIRTYRING_A_EV_VCPU,
+			    container_of(ring, struct dr_vcpu, ring)->id);
+}
+
+/*
+ * A ring-full wait begins (WAIT_BEGIN_NTF) or ended after @ns
+ * (WAIT_END_NTF).  Task work of the waiting thread, no lock held.
+ */
+void dr_netlink_wait_event(struct dr_vm *vm, struct dr_ring *ring, u8 cmd,
+			   u64 ns)
 {
 	struct sk_buff *msg;
 	void *hdr;
-	bool ok;
 
-	msg = dr_event_new(vm, DIRTYRING_CMD_WAIT_NTF, &hdr);
+	msg = dr_event_new(vm, cmd, &hdr);
 	if (!msg)
 		return;
-	ok = !nla_put_u64_64bit(msg, DIRTYRING_A_EV_NS, ns, DIRTYRING_A_PAD);
-	if (ok && ring != &vm->vm_ring)
-		ok = !nla_put_u32(msg, DIRTYRING_A_EV_VCPU,
-				  container_of(ring, struct dr_vcpu, ring)->id);
-	dr_event_send(msg, hdr, ok);
+	dr_event_send(msg, hdr, dr_put_ev_vcpu(msg, vm, ring) &&
+		      (cmd != DIRTYRING_CMD_WAIT_END_NTF ||
+		       !nla_put_u64_64bit(msg, DIRTYRING_A_EV_NS, ns,
+					  DIRTYRING_A_PAD)));
+}
+
+/* One coalesced event: @count occurrences on @ring since the last one. */
+static void dr_count_event(struct dr_vm *vm, struct dr_ring *ring, u8 cmd,
+			   u64 now, u64 *seen)
+{
+	/* A reopened vCPU ring counts from 0 again. */
+	u64 count = now - (now < *seen ? 0 : *seen);
+	struct sk_buff *msg;
+	void *hdr;
+
+	*seen = now;
+	if (!count)
+		return;
+	msg = dr_event_new(vm, cmd, &hdr);
+	if (!msg)
+		return;
+	dr_event_send(msg, hdr, dr_put_ev_vcpu(msg, vm, ring) &&
+		      !nla_put_u64_64bit(msg, DIRTYRING_A_EV_COUNT, count,
+					 DIRTYRING_A_PAD));
+}
+
+static void dr_ring_count_events(struct dr_vm *vm, struct dr_ring *ring)
+{
+	struct dirtyring_ring_status st = { 0 };
+
+	dr_ring_status(ring, &st);
+	dr_count_event(vm, ring, DIRTYRING_CMD_SOFT_FULL_NTF,
+		       st.soft_full_events, &ring->ev_soft_full);
+	dr_count_event(vm, ring, DIRTYRING_CMD_OVERFLOW_NTF, st.overflows,
+		       &ring->ev_overflows);
+}
+
+/*
+ * vm->ev_work: the soft-limit crossings and overflows of each ring since
+ * its last run, one event each.  It runs whether or not anyone listens, so
+ * a count never stands for what happened before a listener joined.  It
+ * holds no VM reference: dr_vm_free() cancels it first.
+ */
+void dr_netlink_ev_work(struct work_struct *work)
+{
+	struct dr_vm *vm = container_of(to_delayed_work(work), struct dr_vm,
+					ev_work);
+	int i;
+
+	WRITE_ONCE(vm->ev_sent, jiffies);
+	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++) {
+		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
+
+		if (vcpu)
+			dr_ring_count_events(vm, &vcpu->ring);
+	}
+	dr_ring_count_events(vm, &vm->vm_ring);
+}
+
+/*
+ * A ring of @vm is at its soft limit, or refused a page: schedules
+ * ev_work, at most once per DIRTYRING_GENL_EVENT_MS.  Any context that
+ * holds a VM reference; sleeps not, and costs a test of the pending bit
+ * while the work is queued.
+ */
+void dr_netlink_kick(struct dr_vm *vm)
+{
+	unsigned long now = jiffies, next;
+
+	if (delayed_work_pending(&vm->ev_work))
+		return;
+	next = READ_ONCE(vm->ev_sent) + msecs_to_jiffies(DIRTYRING_GENL_EVENT_MS);
+	queue_delayed_work(system_wq, &vm->ev_work,
+			   time_after(next, now) ? next - now : 0);
 }
 
 /* What @ring saw since the last reset event.  Under vm->mmu_lock. */

@@ -38,6 +38,11 @@ static void dr_vm_free(struct kref *ref)
 	struct dr_vm *vm = container_of(ref, struct dr_vm, ref);
 	int i;
 
+	/*
+	 * Kicked only by faults and resets, which hold references: nothing
+	 * queues it again.  What it was to send goes out before VM_DESTROYED.
+	 */
+	flush_delayed_work(&vm->ev_work);
 	WARN_ON_ONCE(!list_empty(&vm->waiters));
 	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++)
 		dr_vcpu_free(vm->vcpus[i]);
@@ -154,8 +159,11 @@ static long dr_vm_reset(struct dr_vm *vm, void __user *argp)
 	if (!ret)
 		dr_netlink_reset_event(vm, &req, ktime_get_ns() - start,
 				       &report);
-	if (req.overflow_pushed || req.relogged || req.overflow_pending)
+	if (req.overflow_pushed || req.relogged || req.overflow_pending) {
 		wake_up_interruptible_poll(&vm->poll_wq, EPOLLIN);
+		/* Those pushes can fill the VM ring too. */
+		dr_netlink_kick(vm);
+	}
 	if (ret)
 		return ret;
 	if (copy_to_user(argp, &req, sizeof(req)))
@@ -309,6 +317,9 @@ int dr_vm_create(void)
 	init_waitqueue_head(&vm->poll_wq);
 	spin_lock_init(&vm->waiters_lock);
 	INIT_LIST_HEAD(&vm->waiters);
+	INIT_DELAYED_WORK(&vm->ev_work, dr_netlink_ev_work);
+	/* The first kick sends at once. */
+	vm->ev_sent = jiffies - msecs_to_jiffies(DIRTYRING_GENL_EVENT_MS);
 	vm->mm = current->mm;
 	mmgrab(vm->mm);
 	vm->owner = get_task_pid(current, PIDTYPE_TGID);

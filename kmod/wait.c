@@ -72,12 +72,16 @@ static void dr_wait_run(struct callback_head *work)
 
 		u64 ns;
 
+		/* Sent first: a reader of waits has seen the event. */
+		dr_netlink_wait_event(vm, w->ring, DIRTYRING_CMD_WAIT_BEGIN_NTF,
+				      0);
 		atomic64_inc(&w->ring->waits);
 		wait_event_interruptible(w->ring->wq, dr_wait_done(w));
 		ns = ktime_to_ns(ktime_sub(ktime_get(), start));
 		atomic64_add(ns, &w->ring->wait_ns);
 		atomic64_inc(&w->ring->wait_hist[dr_hist_bucket(ns)]);
-		dr_netlink_wait_event(vm, w->ring, ns);
+		dr_netlink_wait_event(vm, w->ring, DIRTYRING_CMD_WAIT_END_NTF,
+				      ns);
 	}
 
 	spin_lock(&vm->waiters_lock);

@@ -226,7 +226,7 @@ static int nl_init(struct nl *nl)
 struct report {
 	uint32_t vm_id, owner_pid, vcpu_id, bound_tid, slots;
 	char comm[32];
-	uint64_t slot_pages;
+	uint64_t slot_pages, slot_resident, slot_parked;
 	uint32_t used, entries;
 	uint64_t pushed, soft_full, overflows, waits, wait_ns, hist_sum;
 	uint64_t faults, fault_ns, fault_hist_sum;
@@ -299,6 +299,8 @@ static void got_report(void *arg, struct nlmsghdr *n)
 			  DIRTYRING_A_SLOT_MAX);
 		rep->slots++;
 		rep->slot_pages += nla_u64(st[DIRTYRING_A_SLOT_PAGES]);
+		rep->slot_resident += nla_u64(st[DIRTYRING_A_SLOT_RESIDENT]);
+		rep->slot_parked += nla_u64(st[DIRTYRING_A_SLOT_PARKED]);
 	}
 	if (tb[DIRTYRING_A_VM_VCPU]) {
 		struct nlattr *vt[DIRTYRING_A_VCPU_MAX + 1];
@@ -439,6 +441,9 @@ TEST_F(nl, counters_match_the_workload)
 	EXPECT_STRNE("", reps->r[0].comm);
 	EXPECT_EQ(1, reps->r[0].slots);
 	EXPECT_EQ(NPAGES, reps->r[0].slot_pages);
+	/* Allocated when the slot was added. */
+	EXPECT_EQ(NPAGES, reps->r[0].slot_resident);
+	EXPECT_EQ(0, reps->r[0].slot_parked);
 	EXPECT_EQ(7, reps->r[0].used);
 	EXPECT_EQ(vm_st.used, reps->r[0].used);
 	EXPECT_EQ(vm_st.pushed, reps->r[0].pushed);
@@ -457,6 +462,59 @@ TEST_F(nl, counters_match_the_workload)
 	EXPECT_EQ(0, reps->r[0].hist_sum);
 	/* The thread exited: no bound thread any more. */
 	EXPECT_EQ(0, reps->r[0].bound_tid);
+	close(v.vcpu);
+	close(v.vm);
+	free(reps);
+}
+
+static int set_stall_accounting(const char *value)
+{
+	int fd = open("/sys/module/dirtyring/parameters/stall_accounting",
+		      O_WRONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : write(fd, value, strlen(value));
+	int err = n < 0 ? errno : 0;
+
+	if (fd >= 0)
+		close(fd);
+	return err;
+}
+
+/* stall_accounting=N stops the stall counters; Y starts them again. */
+TEST_F(nl, stall_accounting_can_be_turned_off)
+{
+	struct reports *reps = calloc(1, sizeof(*reps));
+	struct writer w = { .first = 0, .count = 10 };
+	static const char *const bad[] = { "maybe", "2", "-1" };
+	unsigned int i;
+	struct vm v;
+	pthread_t t;
+
+	ASSERT_NE(NULL, reps);
+	for (i = 0; i < ARRAY_SIZE(bad); i++)
+		EXPECT_EQ(EINVAL, set_stall_accounting(bad[i]))
+			TH_LOG("bad value %u", i);
+	ASSERT_EQ(0, vm_init(&v));
+	w.vcpu = v.vcpu;
+	w.mem = v.mem;
+	ASSERT_EQ(0, set_stall_accounting("N"));
+	ASSERT_EQ(0, pthread_create(&t, NULL, bound_write, &w));
+	ASSERT_EQ(0, pthread_join(t, NULL));
+	ASSERT_EQ(0, w.ret);
+	ASSERT_EQ(0, dump(&self->nl, DIRTYRING_CMD_VCPU_GET, v.id, reps, NULL));
+	ASSERT_EQ(1, reps->n);
+	EXPECT_EQ(10, reps->r[0].used);
+	EXPECT_EQ(0, reps->r[0].faults);
+	EXPECT_EQ(0, reps->r[0].fault_hist_sum);
+
+	ASSERT_EQ(0, set_stall_accounting("Y"));
+	w.first = 10;
+	ASSERT_EQ(0, pthread_create(&t, NULL, bound_write, &w));
+	ASSERT_EQ(0, pthread_join(t, NULL));
+	ASSERT_EQ(0, w.ret);
+	ASSERT_EQ(0, dump(&self->nl, DIRTYRING_CMD_VCPU_GET, v.id, reps, NULL));
+	EXPECT_EQ(20, reps->r[0].used);
+	EXPECT_EQ(10, reps->r[0].faults);
+	EXPECT_EQ(10, reps->r[0].fault_hist_sum);
 	close(v.vcpu);
 	close(v.vm);
 	free(reps);
@@ -534,15 +592,148 @@ TEST_F(nl, dump_spans_messages_and_is_complete)
 	free(reps);
 }
 
-struct events {
-	int created, destroyed, waits, wait_vcpu0, resets;
-	uint64_t reset_entries, soft_full;
-	uint32_t first_cmd, last_cmd, vm_id;
-};
+/* A process holding @n VMs with rings until told to go (a byte on @go). */
+static pid_t vm_holder(int n, int ready, int go)
+{
+	pid_t pid = fork();
+	char c;
+	int i;
+
+	if (pid)
+		return pid;
+	for (i = 0; i < n; i++) {
+		int vm = dr_create_vm();
+
+		if (vm < 0 || dr_enable_rings(vm, RING, RING))
+			_exit(1);
+	}
+	write(ready, "r", 1);
+	read(go, &c, 1);
+	_exit(0);
+}
 
 /*
- * Reads the notifications for @vm_id until its VM_DESTROYED_NTF (or none
- * came for 20 s: the event is missing, which the test then says).
+ * VMs come and go between the messages of one dump: it still ends well,
+ * in id order with no id twice, and lists every VM that lived throughout.
+ */
+#define CHURN_KIDS 8
+TEST_F(nl, dump_while_vms_come_and_go)
+{
+	struct reports *before = calloc(1, sizeof(*before));
+	struct reports *during = calloc(1, sizeof(*during));
+	int go[CHURN_KIDS + 1][2], ready[2], i, j, ret = 1;
+	pid_t kids[CHURN_KIDS + 1];
+	static char buf[BUF];
+	bool first = true;
+	struct req r;
+	char c;
+
+	ASSERT_NE(NULL, before);
+	ASSERT_NE(NULL, during);
+	ASSERT_EQ(0, pipe(ready));
+	for (i = 0; i <= CHURN_KIDS; i++)
+		ASSERT_EQ(0, pipe(go[i]));
+	for (i = 0; i < CHURN_KIDS; i++) {
+		kids[i] = vm_holder(DIRTYRING_MAX_VMS_PER_PROCESS, ready[1],
+				    go[i][0]);
+		ASSERT_LE(0, kids[i]);
+	}
+	for (i = 0; i < CHURN_KIDS; i++)
+		ASSERT_EQ(1, read(ready[0], &c, 1));
+	ASSERT_EQ(0, dump(&self->nl, DIRTYRING_CMD_VM_GET, 0, before, NULL));
+
+	/* One read of the dump at a time; VMs change after the first. */
+	req_init(&r, self->nl.family, DIRTYRING_CMD_VM_GET, NLM_F_DUMP);
+	r.n.nlmsg_seq = ++self->nl.seq;
+	ASSERT_EQ((ssize_t)r.n.nlmsg_len, send(self->nl.fd, &r, r.n.nlmsg_len, 0));
+	during->n = 0;
+	while (ret > 0) {
+		ssize_t len = recv(self->nl.fd, buf, sizeof(buf), 0);
+		struct nlmsghdr *n;
+
+		ASSERT_LT(0, len);
+		for (n = (struct nlmsghdr *)buf; NLMSG_OK(n, len);
+		     n = NLMSG_NEXT(n, len)) {
+			if (n->nlmsg_type == NLMSG_DONE)
+				ret = 0;
+			else if (n->nlmsg_type == NLMSG_ERROR)
+				ret = ((struct nlmsgerr *)NLMSG_DATA(n))->error ?: -EIO;
+			else
+				got_report(during, n);
+		}
+		if (!first || ret <= 0)
+			continue;
+		first = false;
+		/* The first and the last holders go, a new one comes. */
+		write(go[0][1], "g", 1);
+		write(go[CHURN_KIDS - 1][1], "g", 1);
+		waitpid(kids[0], NULL, 0);
+		waitpid(kids[CHURN_KIDS - 1], NULL, 0);
+		kids[CHURN_KIDS] = vm_holder(DIRTYRING_MAX_VMS_PER_PROCESS,
+					     ready[1], go[CHURN_KIDS][0]);
+		ASSERT_LE(0, kids[CHURN_KIDS]);
+		ASSERT_EQ(1, read(ready[0], &c, 1));
+	}
+	EXPECT_EQ(0, ret);
+	EXPECT_FALSE(first) TH_LOG("the dump fitted in one read: nothing came and went during it");
+	for (i = 1; i < during->n; i++)
+		EXPECT_LT(during->r[i - 1].vm_id, during->r[i].vm_id);
+	/* Every VM of a holder that stayed, exactly once (ids are sorted). */
+	for (i = 0; i < before->n; i++) {
+		bool stayed = false, seen = false;
+
+		for (j = 1; j < CHURN_KIDS - 1; j++)
+			stayed |= before->r[i].owner_pid == (uint32_t)kids[j];
+		if (!stayed)
+			continue;
+		for (j = 0; j < during->n; j++)
+			seen |= during->r[j].vm_id == before->r[i].vm_id;
+		EXPECT_TRUE(seen) TH_LOG("VM %u missing", before->r[i].vm_id);
+	}
+	for (i = 1; i <= CHURN_KIDS; i++) {
+		write(go[i][1], "g", 1);
+		waitpid(kids[i], NULL, 0);
+	}
+	free(before);
+	free(during);
+}
+
+struct events {
+	int created, destroyed, resets;
+	int wait_begins, wait_ends, overflow_events;
+	int not_vcpu0;		/* waits without EV_VCPU 0 */
+	int other_ring;		/* counted events of neither ring */
+	int begin_before_end;	/* a WAIT_END came after a WAIT_BEGIN */
+	uint64_t reset_entries, reset_soft_full, reset_overflows;
+	/* EV_COUNT sums: [0] vCPU 0's ring, [1] the VM ring */
+	uint64_t soft_full[2], overflows[2];
+	uint32_t first_cmd, last_cmd;
+	uint64_t until_overflows;	/* read_events() stops there too */
+};
+
+static bool ev_vcpu0(struct nlattr **tb)
+{
+	return tb[DIRTYRING_A_EV_VCPU] && !nla_u32(tb[DIRTYRING_A_EV_VCPU]);
+}
+
+/* Adds a coalesced event's count to its ring's sum in @sums. */
+static void ev_count(struct nlattr **tb, uint64_t *sums, struct events *ev)
+{
+	uint64_t n = tb[DIRTYRING_A_EV_COUNT] ?
+		     nla_u64(tb[DIRTYRING_A_EV_COUNT]) : 0;
+
+	if (ev_vcpu0(tb))
+		sums[0] += n;
+	else if (!tb[DIRTYRING_A_EV_VCPU])
+		sums[1] += n;
+	else
+		ev->other_ring++;
+}
+
+/*
+ * Reads the notifications for @vm_id until its VM_DESTROYED_NTF, or until
+ * vCPU 0's overflows reach ev->until_overflows if set (or none came for
+ * 20 s: the event is missing, which the test then says).
  */
 static void read_events(int fd, uint32_t vm_id, struct events *ev)
 {
@@ -551,7 +742,9 @@ static void read_events(int fd, uint32_t vm_id, struct events *ev)
 	ssize_t len;
 
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	while (!ev->destroyed && (len = recv(fd, buf, sizeof(buf), 0)) > 0) {
+	while (!ev->destroyed &&
+	       (!ev->until_overflows || ev->overflows[0] < ev->until_overflows) &&
+	       (len = recv(fd, buf, sizeof(buf), 0)) > 0) {
 		struct nlmsghdr *n;
 
 		for (n = (struct nlmsghdr *)buf; NLMSG_OK(n, len);
@@ -575,15 +768,29 @@ static void read_events(int fd, uint32_t vm_id, struct events *ev)
 			case DIRTYRING_CMD_VM_DESTROYED_NTF:
 				ev->destroyed++;
 				break;
-			case DIRTYRING_CMD_WAIT_NTF:
-				ev->waits++;
-				ev->wait_vcpu0 += tb[DIRTYRING_A_EV_VCPU] &&
-						  !nla_u32(tb[DIRTYRING_A_EV_VCPU]);
+			case DIRTYRING_CMD_WAIT_BEGIN_NTF:
+				ev->wait_begins++;
+				ev->not_vcpu0 += !ev_vcpu0(tb);
+				break;
+			case DIRTYRING_CMD_WAIT_END_NTF:
+				ev->begin_before_end += ev->wait_begins >
+							ev->wait_ends;
+				ev->wait_ends++;
+				ev->not_vcpu0 += !ev_vcpu0(tb) ||
+						 !tb[DIRTYRING_A_EV_NS];
+				break;
+			case DIRTYRING_CMD_SOFT_FULL_NTF:
+				ev_count(tb, ev->soft_full, ev);
+				break;
+			case DIRTYRING_CMD_OVERFLOW_NTF:
+				ev->overflow_events++;
+				ev_count(tb, ev->overflows, ev);
 				break;
 			case DIRTYRING_CMD_RESET_NTF:
 				ev->resets++;
 				ev->reset_entries += nla_u64(tb[DIRTYRING_A_EV_ENTRIES]);
-				ev->soft_full += nla_u64(tb[DIRTYRING_A_EV_SOFT_FULL]);
+				ev->reset_soft_full += nla_u64(tb[DIRTYRING_A_EV_SOFT_FULL]);
+				ev->reset_overflows += nla_u64(tb[DIRTYRING_A_EV_OVERFLOWS]);
 				break;
 			}
 		}
@@ -603,15 +810,33 @@ static bool wait_waits(int fd)
 	return false;
 }
 
-TEST_F(nl, events_for_create_wait_reset_destroy)
+/*
+ * One system call fills the vCPU ring and goes on: the rest of its pages
+ * overflow.  Then the thread waits, on its way back to user mode.
+ */
+static void *bound_read_zero(void *arg)
 {
-	struct writer w = { .first = 0, .count = SOFT };
+	struct writer *w = arg;
+	int zero = open("/dev/zero", O_RDONLY);
+	size_t len = (size_t)w->count * PG;
+
+	w->ret = zero < 0 || ioctl(w->vcpu, DIRTYRING_BIND, 0) ||
+		 read(zero, w->mem + (size_t)w->first * PG, len) != (ssize_t)len;
+	close(zero);
+	return NULL;
+}
+
+TEST_F(nl, events_for_create_full_overflow_wait_reset_destroy)
+{
+	struct writer w = { .first = 0, .count = NPAGES };
+	struct reports *reps = calloc(1, sizeof(*reps));
 	struct dr_ring_view ring;
 	struct events ev = { 0 };
 	int fd = nl_open();
 	struct vm v;
 	pthread_t t;
 
+	ASSERT_NE(NULL, reps);
 	ASSERT_LE(0, fd);
 	ASSERT_EQ(0, setsockopt(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP,
 				&self->nl.events, sizeof(self->nl.events)));
@@ -620,12 +845,20 @@ TEST_F(nl, events_for_create_wait_reset_destroy)
 	ASSERT_NE(NULL, ring.entries);
 	w.vcpu = v.vcpu;
 	w.mem = v.mem;
-	/* The bound writer reaches the soft limit and waits for a reset. */
-	ASSERT_EQ(0, pthread_create(&t, NULL, bound_write, &w));
+	ASSERT_EQ(0, pthread_create(&t, NULL, bound_read_zero, &w));
 	ASSERT_TRUE(wait_waits(v.vcpu));
-	EXPECT_EQ(SOFT, dr_harvest(&ring, NULL, NULL));
-	EXPECT_EQ(SOFT, dr_reset_count(v.vm));
+	/* The pages that found the ring full are parked in their slot. */
+	ASSERT_EQ(0, vm_get(&self->nl, v.id, reps));
+	EXPECT_EQ(NPAGES - RING, reps->r[0].slot_parked);
+	EXPECT_EQ(RING, dr_harvest(&ring, NULL, NULL));
+	EXPECT_EQ(RING, dr_reset_count(v.vm));
 	ASSERT_EQ(0, pthread_join(t, NULL));
+	EXPECT_EQ(0, w.ret);
+	/* Coalesced events come on their own, not only when the VM goes. */
+	ev.until_overflows = NPAGES - RING;
+	read_events(fd, v.id, &ev);
+	EXPECT_EQ(0, ev.destroyed);
+	ev.until_overflows = 0;
 	munmap(ring.entries, RING * sizeof(struct dirtyring_gfn));
 	munmap(v.mem, NPAGES * PG);
 	close(v.vcpu);
@@ -633,14 +866,29 @@ TEST_F(nl, events_for_create_wait_reset_destroy)
 	read_events(fd, v.id, &ev);
 	EXPECT_EQ(1, ev.created);
 	EXPECT_EQ(DIRTYRING_CMD_VM_CREATED_NTF, ev.first_cmd);
-	EXPECT_EQ(1, ev.waits);
-	EXPECT_EQ(1, ev.wait_vcpu0);
+	/*
+	 * Coalesced: as many as happened, in one event or a few.  The reset
+	 * moved parked pages to the VM ring up to its soft limit.
+	 */
+	EXPECT_EQ(1, ev.soft_full[0]);
+	EXPECT_EQ(1, ev.soft_full[1]);
+	EXPECT_EQ(NPAGES - RING, ev.overflows[0]);
+	EXPECT_EQ(0, ev.overflows[1]);
+	EXPECT_EQ(0, ev.other_ring);
+	EXPECT_LE(1, ev.overflow_events);
+	EXPECT_GT(NPAGES - RING, ev.overflow_events);
+	EXPECT_EQ(1, ev.wait_begins);
+	EXPECT_EQ(1, ev.wait_ends);
+	EXPECT_EQ(1, ev.begin_before_end);
+	EXPECT_EQ(0, ev.not_vcpu0);
 	EXPECT_LE(1, ev.resets);
-	EXPECT_EQ(SOFT, ev.reset_entries);
-	EXPECT_EQ(1, ev.soft_full);
+	EXPECT_EQ(RING, ev.reset_entries);
+	EXPECT_EQ(2, ev.reset_soft_full);
+	EXPECT_EQ(NPAGES - RING, ev.reset_overflows);
 	EXPECT_EQ(1, ev.destroyed);
 	EXPECT_EQ(DIRTYRING_CMD_VM_DESTROYED_NTF, ev.last_cmd);
 	close(fd);
+	free(reps);
 }
 
 struct bad {
@@ -657,7 +905,11 @@ TEST_F(nl, bad_requests)
 {
 	static const struct bad cases[] = {
 		{ "unknown command", 99, 0, -1, 0, 0, -EOPNOTSUPP },
-		{ "notification as a request", DIRTYRING_CMD_WAIT_NTF, 0, -1, 0,
+		{ "notification as a request", DIRTYRING_CMD_WAIT_END_NTF, 0, -1,
+		  0, 0, -EOPNOTSUPP },
+		{ "the last notification as a request",
+		  DIRTYRING_CMD_OVERFLOW_NTF, 0, -1, 0, 0, -EOPNOTSUPP },
+		{ "one past the last command", DIRTYRING_CMD_MAX + 1, 0, -1, 0,
 		  0, -EOPNOTSUPP },
 		{ "VM_GET without an id", DIRTYRING_CMD_VM_GET, 0, -1, 0, 0,
 		  -EINVAL },
@@ -675,6 +927,8 @@ TEST_F(nl, bad_requests)
 		  -EOPNOTSUPP },
 		{ "dump with a reply-only attribute", DIRTYRING_CMD_VM_GET,
 		  NLM_F_DUMP, DIRTYRING_A_EV_NS, 8, 1, -EINVAL },
+		{ "an event's count in a request", DIRTYRING_CMD_VM_GET, 0,
+		  DIRTYRING_A_EV_COUNT, 8, 1, -EINVAL },
 	};
 	unsigned int i;
 	struct req r;

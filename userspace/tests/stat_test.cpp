@@ -13,9 +13,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "live.hpp"
@@ -149,6 +152,10 @@ struct TwoSnapshots {
         Ring vr0 = ring(4096, 0, 100), vr1 = ring(4096, 40, 600);
         before.vms = {vm(7, 1234, "vmm", vr0), vm(9, 99, "other", ring(1024, 0, 0))};
         after.vms = {vm(7, 1234, "vmm", vr1), vm(9, 99, "other", ring(1024, 256, 20000))};
+        // VM 7: 1024 + 512 pages of 4 KiB in memory (6 MiB), 3 parked; VM 9's
+        // slot does not say (a module older than these attributes).
+        after.vms[0].slots = {{0, 4096, 1024, 3}, {1, 512, 512, 0}};
+        after.page_size = 4096;
 
         Ring a0 = ring(4096, 100, 1000), a1 = ring(4096, 512, 3000);
         a0.waits = 0;
@@ -192,6 +199,24 @@ TEST(StatReport, RatesArePerSecondOverTheInterval) {
     EXPECT_DOUBLE_EQ(2.0, v7.total.waits_per_s);
     EXPECT_DOUBLE_EQ(5.0, v7.total.stall_ms_per_s);
     EXPECT_EQ(3U, v7.total.overflows);
+    // What its slots hold now, summed; unknown for VM 9.
+    EXPECT_EQ(1536U, v7.resident.value());
+    EXPECT_EQ(3U, v7.parked.value());
+    EXPECT_FALSE(r.vms[0].resident);
+    EXPECT_FALSE(r.vms[0].parked);
+}
+
+TEST(StatReport, SlotUsageIsUnknownWhenASlotDoesNotSay) {
+    TwoSnapshots s;
+    s.after.vms[0].slots[1].resident.reset();  // VM 7's slot 1: parked only
+    Report r = make_report(s.before, s.after);
+    EXPECT_FALSE(r.vms[1].resident);
+    EXPECT_EQ(3U, r.vms[1].parked.value());
+    // No slots: nothing in memory, known.
+    s.after.vms[0].slots.clear();
+    r = make_report(s.before, s.after);
+    EXPECT_EQ(0U, r.vms[1].resident.value());
+    EXPECT_EQ(0U, r.vms[1].parked.value());
 }
 
 TEST(StatReport, NewVmsAndRecreatedVcpusCountFromZero) {
@@ -231,13 +256,13 @@ TEST(StatReport, Table) {
     const std::string table = format_table(make_report(s.before, s.after));
     EXPECT_EQ(
         "VM/VCPU         PID/TID  COMM               PAGES/s  FILL%  WAITS/s WAIT ms/s STALL ms/s "
-        "OVERFLOWS\n"
+        "OVERFLOWS   RES MiB    PARKED\n"
         "vm 9                 99  other              10000.0   25.0      0.0      0.00       0.00  "
-        "       0\n"
+        "       0         -         -\n"
         "  vm ring             -                     10000.0   25.0      0.0      0.00          -  "
         "       0\n"
         "vm 7               1234  vmm                 1250.0   12.5      2.0      1.00       5.00  "
-        "       3\n"
+        "       3       6.0         3\n"
         "  vcpu 0            501                      1000.0   12.5      2.0      1.00       5.00  "
         "       3\n"
         "  vcpu 1              -                         0.0    0.0      0.0      0.00       0.00  "
@@ -245,6 +270,13 @@ TEST(StatReport, Table) {
         "  vm ring             -                       250.0    1.0      0.0      0.00          -  "
         "       0\n",
         table);
+}
+
+TEST(StatReport, TableResidentCountsPagesOfTheKernelsSize) {
+    TwoSnapshots s;
+    s.after.page_size = 65536;  // 1536 pages of 64 KiB
+    const std::string table = format_table(make_report(s.before, s.after));
+    EXPECT_NE(std::string::npos, table.find("       3      96.0         3\n")) << table;
 }
 
 TEST(StatReport, TableFitsRowsAndWidth) {
@@ -275,6 +307,16 @@ TEST(StatReport, JsonHasRawCountersAndRates) {
     EXPECT_EQ(1234, v7["owner_pid"]);
     EXPECT_EQ("vmm", v7["owner_comm"]);
     EXPECT_EQ(4096, v7["slots"][0]["pages"]);
+    EXPECT_EQ(1024, v7["slots"][0]["resident"]);
+    EXPECT_EQ(3, v7["slots"][0]["parked"]);
+    EXPECT_EQ(512, v7["slots"][1]["resident"]);
+    EXPECT_EQ(0, v7["slots"][1]["parked"]);
+    // VM 9's module does not say: null, not 0.
+    const auto& v9_slot = j["vms"][0]["slots"][0];
+    EXPECT_EQ(4096, v9_slot["pages"]);
+    ASSERT_TRUE(v9_slot.contains("resident"));
+    EXPECT_TRUE(v9_slot["resident"].is_null());
+    EXPECT_TRUE(v9_slot["parked"].is_null());
     EXPECT_EQ(600, v7["ring"]["pushed"]);
     EXPECT_EQ(40, v7["ring"]["used"]);
     EXPECT_EQ(4032, v7["ring"]["soft_limit"]);
@@ -319,13 +361,17 @@ TEST(StatReport, Events) {
     EXPECT_EQ(532'000, j["ns"]);
 
     Event w;
-    w.kind = Event::Kind::Wait;
+    w.kind = Event::Kind::WaitEnd;
     w.vm_id = 3;
     w.ns = 1'500'000;
     EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vm ring waited 1.500 ms", format_event(w, t, false));
-    EXPECT_TRUE(nlohmann::json::parse(format_event(w, t, true))["vcpu"].is_null());
+    auto wj = nlohmann::json::parse(format_event(w, t, true));
+    EXPECT_EQ("wait", wj["event"]);  // as before wait_begin existed
+    EXPECT_TRUE(wj["vcpu"].is_null());
+    EXPECT_EQ(1'500'000, wj["ns"]);
     w.vcpu = 1;
     EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vcpu 1 waited 1.500 ms", format_event(w, t, false));
+    EXPECT_EQ(1, nlohmann::json::parse(format_event(w, t, true))["vcpu"]);
 
     Event c;
     c.kind = Event::Kind::VmCreated;
@@ -336,6 +382,73 @@ TEST(StatReport, Events) {
     EXPECT_EQ("qemu", nlohmann::json::parse(format_event(c, t, true))["owner_comm"]);
     c.kind = Event::Kind::VmDestroyed;
     EXPECT_EQ("2024-05-01T12:00:00.005Z vm 4 destroyed", format_event(c, t, false));
+}
+
+TEST(StatReport, WaitBeginIsNotWaitEnd) {
+    const auto t = std::chrono::system_clock::time_point(1714564800s + 5ms);
+    Event b;
+    b.kind = Event::Kind::WaitBegin;
+    b.vm_id = 3;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vm ring waits for ring room",
+              format_event(b, t, false));
+    auto j = nlohmann::json::parse(format_event(b, t, true));
+    EXPECT_EQ((nlohmann::json{{"time", "2024-05-01T12:00:00.005Z"},
+                              {"event", "wait_begin"},
+                              {"vm", 3},
+                              {"vcpu", nullptr}}),
+              j);
+    b.vcpu = 2;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vcpu 2 waits for ring room",
+              format_event(b, t, false));
+    j = nlohmann::json::parse(format_event(b, t, true));
+    EXPECT_EQ(2, j["vcpu"]);
+    EXPECT_FALSE(j.contains("ns"));  // it has not ended
+
+    Event e = b;
+    e.kind = Event::Kind::WaitEnd;
+    e.ns = 7'000;
+    EXPECT_NE(format_event(b, t, false), format_event(e, t, false));
+    EXPECT_NE(nlohmann::json::parse(format_event(b, t, true))["event"],
+              nlohmann::json::parse(format_event(e, t, true))["event"]);
+}
+
+TEST(StatReport, SoftFullAndOverflowEventsShowTheirCount) {
+    const auto t = std::chrono::system_clock::time_point(1714564800s + 5ms);
+    Event s;
+    s.kind = Event::Kind::SoftFull;
+    s.vm_id = 3;
+    s.vcpu = 1;
+    s.count = 5;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vcpu 1 reached its soft limit 5 times",
+              format_event(s, t, false));
+    EXPECT_EQ((nlohmann::json{{"time", "2024-05-01T12:00:00.005Z"},
+                              {"event", "soft_full"},
+                              {"vm", 3},
+                              {"vcpu", 1},
+                              {"count", 5}}),
+              nlohmann::json::parse(format_event(s, t, true)));
+    s.vcpu.reset();
+    s.count = 1;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 3 vm ring reached its soft limit 1 time",
+              format_event(s, t, false));
+    EXPECT_TRUE(nlohmann::json::parse(format_event(s, t, true))["vcpu"].is_null());
+
+    Event o;
+    o.kind = Event::Kind::Overflow;
+    o.vm_id = 4;
+    o.count = 1;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 4 vm ring full: 1 page parked",
+              format_event(o, t, false));
+    o.vcpu = 0;
+    o.count = 12345678901ULL;
+    EXPECT_EQ("2024-05-01T12:00:00.005Z vm 4 vcpu 0 full: 12345678901 pages parked",
+              format_event(o, t, false));
+    EXPECT_EQ((nlohmann::json{{"time", "2024-05-01T12:00:00.005Z"},
+                              {"event", "overflow"},
+                              {"vm", 4},
+                              {"vcpu", 0},
+                              {"count", 12345678901ULL}}),
+              nlohmann::json::parse(format_event(o, t, true)));
 }
 
 // --- decoding ---------------------------------------------------------------------
@@ -394,7 +507,8 @@ Ring expected_ring(std::uint64_t base) {
     return r;
 }
 
-Message vm_message() {
+// Slots with their resident and parked pages, unless `older_module`.
+Message vm_message(bool older_module = false) {
     Message m(DIRTYRING_CMD_VM_GET);
     m.u32(DIRTYRING_A_VM_ID, 5);
     m.u32(DIRTYRING_A_VM_OWNER_PID, 321);
@@ -403,6 +517,10 @@ Message vm_message() {
         nlattr* n = m.nest(DIRTYRING_A_VM_SLOT);
         m.u32(DIRTYRING_A_SLOT_ID, s);
         m.u64(DIRTYRING_A_SLOT_PAGES, 1000 + s);
+        if (!older_module) {
+            m.u64(DIRTYRING_A_SLOT_RESIDENT, 500 + s);
+            m.u64(DIRTYRING_A_SLOT_PARKED, 7 + s);
+        }
         m.end(n);
     }
     m.ring(DIRTYRING_A_VM_RING, 100);
@@ -416,8 +534,30 @@ TEST(StatDecode, Vm) {
     EXPECT_EQ(321U, v.owner_pid);
     EXPECT_EQ("dirtyring-vmm", v.owner_comm);
     ASSERT_EQ(2U, v.slots.size());
-    EXPECT_EQ((Slot{1, 1001}), v.slots[1]);
+    EXPECT_EQ((Slot{0, 1000, 500, 7}), v.slots[0]);
+    EXPECT_EQ((Slot{1, 1001, 501, 8}), v.slots[1]);
     EXPECT_EQ(expected_ring(100), v.vm_ring);
+}
+
+TEST(StatDecode, SlotsOfAnOlderModuleHaveNoResidentOrParked) {
+    const Vm v = decode_vm(vm_message(true).hdr());
+    ASSERT_EQ(2U, v.slots.size());
+    EXPECT_EQ((Slot{1, 1001, std::nullopt, std::nullopt}), v.slots[1]);
+    // Unknown in the table and the JSON, not 0.
+    Snapshot before, after;
+    after.taken = before.taken + 1s;
+    after.vms = {v};
+    const Report r = make_report(before, after);
+    ASSERT_EQ(1U, r.vms.size());
+    EXPECT_FALSE(r.vms[0].resident);
+    EXPECT_FALSE(r.vms[0].parked);
+    const std::string table = format_table(r);
+    EXPECT_NE(std::string::npos, table.find("vm 5 ")) << table;
+    EXPECT_NE(std::string::npos, table.find("         -         -\n")) << table;
+    const auto j = to_json(r, 1)["vms"][0]["slots"][1];
+    EXPECT_EQ(1001, j["pages"]);
+    EXPECT_TRUE(j["resident"].is_null());
+    EXPECT_TRUE(j["parked"].is_null());
 }
 
 TEST(StatDecode, AttributesNewerThanTheToolAreIgnored) {
@@ -490,20 +630,33 @@ struct Malformed {
     const char* says;
 };
 
-class StatDecodeRejects : public testing::TestWithParam<Malformed> {};
-
-TEST_P(StatDecodeRejects, WithAClearError) {
-    const Message m = GetParam().make();
+// `decode` of the malformed message of `m`: an Error (EPROTO) saying m.says.
+void expect_rejected(const Malformed& m, const std::function<void(nlmsghdr*)>& decode) {
+    const Message msg = m.make();
     try {
-        if (genlmsg_hdr(m.hdr())->cmd == DIRTYRING_CMD_VCPU_GET)
-            decode_vcpu(m.hdr());
-        else
-            decode_vm(m.hdr());
+        decode(msg.hdr());
         FAIL() << "accepted";
     } catch (const dirtyring::Error& e) {
         EXPECT_EQ(EPROTO, e.errnum()) << e.what();
-        EXPECT_NE(std::string::npos, std::string(e.what()).find(GetParam().says)) << e.what();
+        EXPECT_NE(std::string::npos, std::string(e.what()).find(m.says)) << e.what();
     }
+}
+
+class StatDecodeRejects : public testing::TestWithParam<Malformed> {};
+
+TEST_P(StatDecodeRejects, WithAClearError) {
+    expect_rejected(GetParam(), [](nlmsghdr* h) {
+        if (genlmsg_hdr(h)->cmd == DIRTYRING_CMD_VCPU_GET)
+            decode_vcpu(h);
+        else
+            decode_vm(h);
+    });
+}
+
+class StatDecodeRejectsEvents : public testing::TestWithParam<Malformed> {};
+
+TEST_P(StatDecodeRejectsEvents, WithAClearError) {
+    expect_rejected(GetParam(), [](nlmsghdr* h) { decode_event(h); });
 }
 
 Message vm_without(int attr) {
@@ -567,6 +720,28 @@ INSTANTIATE_TEST_SUITE_P(
                       return m;
                   },
                   "VM ring: attribute RING_PUSHED has 4 bytes, 8 expected"},
+        Malformed{"slot_resident_u32",
+                  [] {
+                      Message m = vm_without(DIRTYRING_A_VM_RING);
+                      nlattr* n = m.nest(DIRTYRING_A_VM_SLOT);
+                      m.u32(DIRTYRING_A_SLOT_ID, 0);
+                      m.u64(DIRTYRING_A_SLOT_PAGES, 1);
+                      m.u32(DIRTYRING_A_SLOT_RESIDENT, 1);
+                      m.end(n);
+                      return m;
+                  },
+                  "VM_GET reply of VM 5, slot: attribute SLOT_RESIDENT has 4 bytes, 8 expected"},
+        Malformed{"slot_parked_u32",
+                  [] {
+                      Message m = vm_without(DIRTYRING_A_VM_RING);
+                      nlattr* n = m.nest(DIRTYRING_A_VM_SLOT);
+                      m.u32(DIRTYRING_A_SLOT_ID, 0);
+                      m.u64(DIRTYRING_A_SLOT_PAGES, 1);
+                      m.u32(DIRTYRING_A_SLOT_PARKED, 1);
+                      m.end(n);
+                      return m;
+                  },
+                  "VM_GET reply of VM 5, slot: attribute SLOT_PARKED has 4 bytes, 8 expected"},
         Malformed{"comm_unterminated",
                   [] {
                       Message m(DIRTYRING_CMD_VM_GET);
@@ -614,7 +789,7 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{"wrong_command",
                   [] {
                       Message m = vcpu_message(true);
-                      genlmsg_hdr(m.hdr())->cmd = DIRTYRING_CMD_WAIT_NTF;
+                      genlmsg_hdr(m.hdr())->cmd = DIRTYRING_CMD_WAIT_END_NTF;
                       return m;
                   },
                   "command 5"},
@@ -644,6 +819,42 @@ INSTANTIATE_TEST_SUITE_P(
                   "shorter than a generic netlink header"}),
     [](const auto& p) { return std::string(p.param.name); });
 
+// A notification of `cmd` for VM 8 with these attributes.
+Message event(int cmd, const std::function<void(Message&)>& fill) {
+    Message m(static_cast<std::uint8_t>(cmd));
+    m.u32(DIRTYRING_A_VM_ID, 8);
+    fill(m);
+    return m;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, StatDecodeRejectsEvents,
+    testing::Values(Malformed{"soft_full_without_count",
+                              [] { return event(DIRTYRING_CMD_SOFT_FULL_NTF, [](Message&) {}); },
+                              "event: attribute EV_COUNT is missing"},
+                    Malformed{"overflow_without_count",
+                              [] {
+                                  return event(DIRTYRING_CMD_OVERFLOW_NTF,
+                                               [](Message& m) { m.u32(DIRTYRING_A_EV_VCPU, 1); });
+                              },
+                              "event: attribute EV_COUNT is missing"},
+                    Malformed{"count_u32",
+                              [] {
+                                  return event(DIRTYRING_CMD_OVERFLOW_NTF,
+                                               [](Message& m) { m.u32(DIRTYRING_A_EV_COUNT, 1); });
+                              },
+                              "event: attribute EV_COUNT has 4 bytes, 8 expected"},
+                    Malformed{"wait_end_without_ns",
+                              [] { return event(DIRTYRING_CMD_WAIT_END_NTF, [](Message&) {}); },
+                              "event: attribute EV_NS is missing"},
+                    Malformed{"wait_begin_vcpu_u64",
+                              [] {
+                                  return event(DIRTYRING_CMD_WAIT_BEGIN_NTF,
+                                               [](Message& m) { m.u64(DIRTYRING_A_EV_VCPU, 1); });
+                              },
+                              "event: attribute EV_VCPU has 8 bytes, 4 expected"}),
+    [](const auto& p) { return std::string(p.param.name); });
+
 TEST(StatDecode, Events) {
     Message created(DIRTYRING_CMD_VM_CREATED_NTF);
     created.u32(DIRTYRING_A_VM_ID, 8);
@@ -660,11 +871,11 @@ TEST(StatDecode, Events) {
     destroyed.u32(DIRTYRING_A_VM_ID, 8);
     EXPECT_EQ(Event::Kind::VmDestroyed, decode_event(destroyed.hdr())->kind);
 
-    Message wait(DIRTYRING_CMD_WAIT_NTF);
+    Message wait(DIRTYRING_CMD_WAIT_END_NTF);
     wait.u32(DIRTYRING_A_VM_ID, 8);
     wait.u64(DIRTYRING_A_EV_NS, 999);
     e = decode_event(wait.hdr());
-    EXPECT_EQ(Event::Kind::Wait, e->kind);
+    EXPECT_EQ(Event::Kind::WaitEnd, e->kind);
     EXPECT_FALSE(e->vcpu);
     EXPECT_EQ(999U, e->ns);
     wait.u32(DIRTYRING_A_EV_VCPU, 2);
@@ -691,6 +902,39 @@ TEST(StatDecode, Events) {
 
     Message future(DIRTYRING_CMD_MAX + 1);
     EXPECT_FALSE(decode_event(future.hdr()));
+}
+
+TEST(StatDecode, WaitBeginEvent) {
+    Message begin(DIRTYRING_CMD_WAIT_BEGIN_NTF);
+    begin.u32(DIRTYRING_A_VM_ID, 8);
+    auto e = decode_event(begin.hdr());
+    ASSERT_TRUE(e);
+    EXPECT_EQ(Event::Kind::WaitBegin, e->kind);
+    EXPECT_EQ(8U, e->vm_id);
+    EXPECT_FALSE(e->vcpu);  // the VM ring
+    begin.u32(DIRTYRING_A_EV_VCPU, 3);
+    e = decode_event(begin.hdr());
+    EXPECT_EQ(Event::Kind::WaitBegin, e->kind);
+    EXPECT_EQ(3U, e->vcpu.value());
+}
+
+TEST(StatDecode, SoftFullAndOverflowEvents) {
+    for (const auto& [cmd, kind] : {std::pair{DIRTYRING_CMD_SOFT_FULL_NTF, Event::Kind::SoftFull},
+                                    std::pair{DIRTYRING_CMD_OVERFLOW_NTF, Event::Kind::Overflow}}) {
+        Message m(static_cast<std::uint8_t>(cmd));
+        m.u32(DIRTYRING_A_VM_ID, 9);
+        m.u64(DIRTYRING_A_EV_COUNT, 1ULL << 40);
+        auto e = decode_event(m.hdr());
+        ASSERT_TRUE(e) << cmd;
+        EXPECT_EQ(kind, e->kind) << cmd;
+        EXPECT_EQ(9U, e->vm_id);
+        EXPECT_EQ(1ULL << 40, e->count);
+        EXPECT_FALSE(e->vcpu);
+        m.u32(DIRTYRING_A_EV_VCPU, 63);
+        e = decode_event(m.hdr());
+        EXPECT_EQ(63U, e->vcpu.value());
+        EXPECT_EQ(1ULL << 40, e->count);
+    }
 }
 
 TEST(StatFamily, VersionMismatchSaysWhichSideIsOlder) {

@@ -260,6 +260,13 @@ struct dirtyring_reset {
  * DIRTYRING_CMD_VCPU_GET: a dump, one message per vCPU (VM_ID and one
  * VM_VCPU nest), of the VM given by DIRTYRING_A_VM_ID or of every VM.
  *
+ * Events.  A wait's begin and end are sent by the waiting thread itself.
+ * Soft-limit crossings and overflows can happen once per page: they are
+ * coalesced per ring and sent at most once per DIRTYRING_GENL_EVENT_MS
+ * milliseconds each, EV_COUNT saying how many they stand for.  A reset's
+ * event repeats them as the totals since the previous reset event.  Events
+ * are sent only while the events group has listeners.
+ *
  * Histograms (binary attributes): DIRTYRING_HIST_BUCKETS __u64 counts;
  * bucket b counts durations in [2^b, 2^(b+1)) ns, bucket 0 also 0 ns, the
  * last also everything longer.
@@ -267,6 +274,7 @@ struct dirtyring_reset {
 #define DIRTYRING_GENL_NAME		"dirtyring"
 #define DIRTYRING_GENL_VERSION		1
 #define DIRTYRING_GENL_MCGRP_EVENTS	"events"
+#define DIRTYRING_GENL_EVENT_MS		100
 
 enum {
 	DIRTYRING_CMD_UNSPEC,
@@ -275,11 +283,14 @@ enum {
 	/* notifications, on the events group */
 	DIRTYRING_CMD_VM_CREATED_NTF,	/* VM_ID, VM_OWNER_PID, VM_OWNER_COMM */
 	DIRTYRING_CMD_VM_DESTROYED_NTF,	/* VM_ID */
-	DIRTYRING_CMD_WAIT_NTF,		/* VM_ID, EV_VCPU (absent: VM ring), EV_NS */
+	DIRTYRING_CMD_WAIT_END_NTF,	/* VM_ID, EV_VCPU (absent: VM ring), EV_NS */
 	DIRTYRING_CMD_RESET_NTF,	/* VM_ID, EV_ENTRIES, EV_RELOGGED, EV_NS,
 					 * EV_SOFT_FULL, EV_OVERFLOWS: what the
 					 * rings saw since the last reset
 					 */
+	DIRTYRING_CMD_WAIT_BEGIN_NTF,	/* VM_ID, EV_VCPU (absent: VM ring) */
+	DIRTYRING_CMD_SOFT_FULL_NTF,	/* VM_ID, EV_VCPU, EV_COUNT: crossings */
+	DIRTYRING_CMD_OVERFLOW_NTF,	/* VM_ID, EV_VCPU, EV_COUNT: pages parked */
 	__DIRTYRING_CMD_MAX,
 };
 
@@ -301,6 +312,7 @@ enum {
 	DIRTYRING_A_EV_SOFT_FULL,	/* u64: soft-limit crossings coalesced */
 	DIRTYRING_A_EV_OVERFLOWS,	/* u64: parked pages coalesced */
 	DIRTYRING_A_PAD,
+	DIRTYRING_A_EV_COUNT,		/* u64: the occurrences one event stands for */
 	__DIRTYRING_A_MAX,
 };
 
@@ -311,6 +323,8 @@ enum {
 	DIRTYRING_A_SLOT_ID,		/* u32 */
 	DIRTYRING_A_SLOT_PAGES,		/* u64 */
 	DIRTYRING_A_SLOT_PAD,
+	DIRTYRING_A_SLOT_RESIDENT,	/* u64: pages in memory */
+	DIRTYRING_A_SLOT_PARKED,	/* u64: pages parked as overflow now */
 	__DIRTYRING_A_SLOT_MAX,
 };
 
@@ -325,6 +339,8 @@ enum {
 	 * Stall accounting: first-write faults of the threads bound to this
 	 * vCPU, and the time they spent in the module's handling of them
 	 * (page lock wait included; the ring-full wait is the ring's).
+	 * Counted while the module parameter stall_accounting is Y (the
+	 * default; writable at any time in /sys/module/dirtyring/parameters).
 	 */
 	DIRTYRING_A_VCPU_FAULTS,	/* u64, cumulative */
 	DIRTYRING_A_VCPU_FAULT_NS,	/* u64, cumulative */

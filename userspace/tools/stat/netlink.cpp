@@ -59,10 +59,10 @@ constexpr AttrSet<DIRTYRING_A_MAX> kTop = [] {
     s.policy[DIRTYRING_A_EV_RELOGGED] = kU64;
     s.policy[DIRTYRING_A_EV_SOFT_FULL] = kU64;
     s.policy[DIRTYRING_A_EV_OVERFLOWS] = kU64;
-    s.names = {"UNSPEC",       "VM_ID",      "VM_OWNER_PID", "VM_OWNER_COMM",
-               "VM_SLOT",      "VM_VCPU",    "VM_RING",      "EV_VCPU",
-               "EV_NS",        "EV_ENTRIES", "EV_RELOGGED",  "EV_SOFT_FULL",
-               "EV_OVERFLOWS", "PAD"};
+    s.policy[DIRTYRING_A_EV_COUNT] = kU64;
+    s.names = {"UNSPEC",      "VM_ID",        "VM_OWNER_PID", "VM_OWNER_COMM", "VM_SLOT",
+               "VM_VCPU",     "VM_RING",      "EV_VCPU",      "EV_NS",         "EV_ENTRIES",
+               "EV_RELOGGED", "EV_SOFT_FULL", "EV_OVERFLOWS", "PAD",           "EV_COUNT"};
     return s;
 }();
 
@@ -70,7 +70,9 @@ constexpr AttrSet<DIRTYRING_A_SLOT_MAX> kSlot = [] {
     AttrSet<DIRTYRING_A_SLOT_MAX> s{"slot"};
     s.policy[DIRTYRING_A_SLOT_ID] = kU32;
     s.policy[DIRTYRING_A_SLOT_PAGES] = kU64;
-    s.names = {"UNSPEC", "SLOT_ID", "SLOT_PAGES", "SLOT_PAD"};
+    s.policy[DIRTYRING_A_SLOT_RESIDENT] = kU64;
+    s.policy[DIRTYRING_A_SLOT_PARKED] = kU64;
+    s.names = {"UNSPEC", "SLOT_ID", "SLOT_PAGES", "SLOT_PAD", "SLOT_RESIDENT", "SLOT_PARKED"};
     return s;
 }();
 
@@ -103,6 +105,15 @@ constexpr AttrSet<DIRTYRING_A_RING_MAX> kRing = [] {
                "RING_WAIT_NS", "RING_WAIT_HIST", "RING_PAD"};
     return s;
 }();
+
+// Every attribute of the header has a name (for the messages above).
+template <int Max>
+constexpr bool all_named(const AttrSet<Max>& set) {
+    for (const char* n : set.names)
+        if (!n) return false;
+    return true;
+}
+static_assert(all_named(kTop) && all_named(kSlot) && all_named(kVcpu) && all_named(kRing));
 
 [[noreturn]] void malformed(const std::string& where, const std::string& why) {
     throw Error(EPROTO, where + ": " + why);
@@ -172,6 +183,16 @@ private:
     std::array<nlattr*, static_cast<std::size_t>(Max) + 1> tb_{};
 };
 
+// An attribute that may be absent (Attrs::find()'s): std::nullopt then.
+std::optional<std::uint32_t> optional_u32(const nlattr* a) {
+    if (!a) return std::nullopt;
+    return nla_get_u32(a);
+}
+std::optional<std::uint64_t> optional_u64(const nlattr* a) {
+    if (!a) return std::nullopt;
+    return nla_get_u64(a);
+}
+
 // The generic netlink header of `msg` (of command `cmd`, if given) and
 // the attributes after it.
 template <int Max>
@@ -202,7 +223,9 @@ void for_each_attr(nlattr* head, int len, int type, F&& f) {
 
 Slot decode_slot(nlattr* nest, const std::string& where) {
     const auto a = nested_attrs(nest, kSlot, where);
-    return {a.u32(DIRTYRING_A_SLOT_ID), a.u64(DIRTYRING_A_SLOT_PAGES)};
+    return {a.u32(DIRTYRING_A_SLOT_ID), a.u64(DIRTYRING_A_SLOT_PAGES),
+            optional_u64(a.find(DIRTYRING_A_SLOT_RESIDENT)),
+            optional_u64(a.find(DIRTYRING_A_SLOT_PARKED))};
 }
 
 // --- requests ---------------------------------------------------------------------
@@ -426,7 +449,7 @@ Vcpu decode_vcpu(nlmsghdr* msg) {
                                 "VCPU_GET reply of VM " + std::to_string(v.vm_id) + ", vCPU");
     v.id = a.u32(DIRTYRING_A_VCPU_ID);
     const std::string where = a.where() + " " + std::to_string(v.id);
-    if (a.find(DIRTYRING_A_VCPU_BOUND_TID)) v.bound_tid = a.u32(DIRTYRING_A_VCPU_BOUND_TID);
+    v.bound_tid = optional_u32(a.find(DIRTYRING_A_VCPU_BOUND_TID));
     v.ring = decode_ring(a.require(DIRTYRING_A_VCPU_RING), where + ", ring");
     v.faults = a.u64(DIRTYRING_A_VCPU_FAULTS);
     v.fault_ns = a.u64(DIRTYRING_A_VCPU_FAULT_NS);
@@ -445,11 +468,20 @@ std::optional<Event> decode_event(nlmsghdr* msg) {
         case DIRTYRING_CMD_VM_DESTROYED_NTF:
             e.kind = Event::Kind::VmDestroyed;
             break;
-        case DIRTYRING_CMD_WAIT_NTF:
-            e.kind = Event::Kind::Wait;
+        case DIRTYRING_CMD_WAIT_BEGIN_NTF:
+            e.kind = Event::Kind::WaitBegin;
+            break;
+        case DIRTYRING_CMD_WAIT_END_NTF:
+            e.kind = Event::Kind::WaitEnd;
             break;
         case DIRTYRING_CMD_RESET_NTF:
             e.kind = Event::Kind::Reset;
+            break;
+        case DIRTYRING_CMD_SOFT_FULL_NTF:
+            e.kind = Event::Kind::SoftFull;
+            break;
+        case DIRTYRING_CMD_OVERFLOW_NTF:
+            e.kind = Event::Kind::Overflow;
             break;
         default:
             return std::nullopt;  // newer than this tool
@@ -460,9 +492,17 @@ std::optional<Event> decode_event(nlmsghdr* msg) {
             e.owner_pid = a.u32(DIRTYRING_A_VM_OWNER_PID);
             e.owner_comm = a.string(DIRTYRING_A_VM_OWNER_COMM);
             break;
-        case Event::Kind::Wait:
-            if (a.find(DIRTYRING_A_EV_VCPU)) e.vcpu = a.u32(DIRTYRING_A_EV_VCPU);
+        case Event::Kind::WaitBegin:
+            e.vcpu = optional_u32(a.find(DIRTYRING_A_EV_VCPU));
+            break;
+        case Event::Kind::WaitEnd:
+            e.vcpu = optional_u32(a.find(DIRTYRING_A_EV_VCPU));
             e.ns = a.u64(DIRTYRING_A_EV_NS);
+            break;
+        case Event::Kind::SoftFull:
+        case Event::Kind::Overflow:
+            e.vcpu = optional_u32(a.find(DIRTYRING_A_EV_VCPU));
+            e.count = a.u64(DIRTYRING_A_EV_COUNT);
             break;
         case Event::Kind::Reset:
             e.entries = a.u64(DIRTYRING_A_EV_ENTRIES);

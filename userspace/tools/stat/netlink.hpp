@@ -10,7 +10,8 @@
 // exactly, the attributes of version 1 must all be there, and a histogram
 // is exactly DIRTYRING_HIST_BUCKETS counts.  Anything else is an Error
 // (EPROTO) that names the attribute; attributes newer than this tool are
-// ignored.
+// ignored.  Those added to version 1 later (a slot's resident and parked
+// pages) are optional: std::nullopt from a module without them.
 //
 // Errors: FamilyError for the three a user can act on (module not loaded,
 // no CAP_NET_ADMIN, another family version), dirtyring::Error otherwise.
@@ -119,6 +120,9 @@ struct Ring {
 struct Slot {
     std::uint32_t id = 0;
     std::uint64_t pages = 0;
+    // Now; none from a module older than these attributes.
+    std::optional<std::uint64_t> resident = std::nullopt;  // pages in memory
+    std::optional<std::uint64_t> parked = std::nullopt;    // pages parked as overflow
     bool operator==(const Slot&) const = default;
 };
 
@@ -153,8 +157,11 @@ struct Event {
     enum class Kind {
         VmCreated,    // vm_id, owner_pid, owner_comm
         VmDestroyed,  // vm_id
-        Wait,         // vm_id, vcpu (none: the VM ring), ns
+        WaitBegin,    // vm_id, vcpu (none: the VM ring): a writer waits for ring room
+        WaitEnd,      // vm_id, vcpu, ns: that wait ended
         Reset,        // vm_id, ns, entries, relogged, soft_full, overflows
+        SoftFull,     // vm_id, vcpu, count: soft-limit crossings
+        Overflow,     // vm_id, vcpu, count: pages that found the ring full, parked
         Lost,         // the socket buffer overflowed: events were dropped here
     };
     Kind kind = Kind::Lost;
@@ -163,6 +170,9 @@ struct Event {
     std::string owner_comm;
     std::optional<std::uint32_t> vcpu;
     std::uint64_t ns = 0;  // the wait's or the reset's duration
+    // SoftFull, Overflow: what the event stands for, coalesced per ring
+    // (one event per ring and kind at most every DIRTYRING_GENL_EVENT_MS).
+    std::uint64_t count = 0;
     // Reset: what the rings saw since the previous reset.
     std::uint64_t entries = 0;
     std::uint64_t relogged = 0;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 #include "report.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
@@ -39,6 +41,17 @@ Rates ring_rates(const Ring& after, const Ring* before, double interval_s) {
     return r;
 }
 
+// A slot counter summed over the VM's slots; none when a slot lacks it.
+std::optional<std::uint64_t> slots_total(const Vm& vm,
+                                         std::optional<std::uint64_t> Slot::*counter) {
+    std::uint64_t total = 0;
+    for (const auto& s : vm.slots) {
+        if (!(s.*counter)) return std::nullopt;
+        total += *(s.*counter);
+    }
+    return total;
+}
+
 void add(Rates& total, const Rates& r) {
     total.pages_per_s += r.pages_per_s;
     total.fill_pct = std::max(total.fill_pct, r.fill_pct);
@@ -63,13 +76,15 @@ std::string fmt(const char* format, double v) {
 
 struct Line {
     std::string name, pid, comm, pages, fill, waits, wait_ms, stall_ms, overflows;
+    std::string resident_mib, parked;  // VM rows only
 };
 
 std::string render(const Line& l) {
     char buf[512];
-    std::snprintf(buf, sizeof(buf), "%-14s %8s  %-15s %10s %6s %8s %9s %10s %9s", l.name.c_str(),
-                  l.pid.c_str(), l.comm.c_str(), l.pages.c_str(), l.fill.c_str(), l.waits.c_str(),
-                  l.wait_ms.c_str(), l.stall_ms.c_str(), l.overflows.c_str());
+    std::snprintf(buf, sizeof(buf), "%-14s %8s  %-15s %10s %6s %8s %9s %10s %9s %9s %9s",
+                  l.name.c_str(), l.pid.c_str(), l.comm.c_str(), l.pages.c_str(), l.fill.c_str(),
+                  l.waits.c_str(), l.wait_ms.c_str(), l.stall_ms.c_str(), l.overflows.c_str(),
+                  l.resident_mib.c_str(), l.parked.c_str());
     std::string s = buf;
     while (!s.empty() && s.back() == ' ') s.pop_back();
     return s;
@@ -84,7 +99,21 @@ Line line(std::string name, std::string pid, std::string comm, const Rates& r, b
             fmt("%.1f", r.waits_per_s),
             fmt("%.2f", r.wait_ms_per_s),
             stall ? fmt("%.2f", r.stall_ms_per_s) : "-",
-            std::to_string(r.overflows)};
+            std::to_string(r.overflows),
+            {},
+            {}};
+}
+
+// A VM's row: its rates and what its slots hold now.
+Line vm_line(const VmReport& vm, std::uint64_t page_size) {
+    Line l = line("vm " + std::to_string(vm.vm.id), std::to_string(vm.vm.owner_pid),
+                  vm.vm.owner_comm, vm.total, true);
+    l.resident_mib = vm.resident
+                         ? fmt("%.1f", static_cast<double>(*vm.resident) *
+                                           static_cast<double>(page_size) / (1024.0 * 1024.0))
+                         : "-";
+    l.parked = vm.parked ? std::to_string(*vm.parked) : "-";
+    return l;
 }
 
 json histogram_json(const Histogram& h) {
@@ -103,6 +132,13 @@ json ring_json(const Ring& r) {
             {"wait_hist", histogram_json(r.wait_hist)}};
 }
 
+json slot_json(const Slot& s) {
+    return {{"id", s.id},
+            {"pages", s.pages},
+            {"resident", s.resident ? json(*s.resident) : json()},
+            {"parked", s.parked ? json(*s.parked) : json()}};
+}
+
 json rates_json(const Rates& r, bool stall) {
     json j = {{"pages_logged_per_s", r.pages_per_s},
               {"fill_pct", r.fill_pct},
@@ -117,6 +153,11 @@ std::string ms(std::uint64_t ns) {
     return fmt("%.3f ms", static_cast<double>(ns) / 1e6);
 }
 
+// "1 page", "2 pages".
+std::string count_of(std::uint64_t n, const char* one, const char* many) {
+    return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
 }  // namespace
 
 bool Filter::matches(const Vm& v) const {
@@ -127,6 +168,7 @@ Snapshot take_snapshot(Netlink& nl, const Filter& filter) {
     Snapshot s;
     s.taken = std::chrono::steady_clock::now();
     s.wall = std::chrono::system_clock::now();
+    s.page_size = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
     for (auto& vm : nl.vms(filter.vm))
         if (filter.matches(vm)) s.vms.push_back(std::move(vm));
     // One VCPU_GET dump for a single VM, else all of them, kept for the VMs
@@ -143,6 +185,7 @@ Report make_report(const Snapshot& before, const Snapshot& after) {
     Report report;
     report.time = after.wall;
     report.interval_s = std::chrono::duration<double>(after.taken - before.taken).count();
+    report.page_size = after.page_size;
     const double dt = report.interval_s;
 
     std::map<std::uint32_t, const Vm*> old_vms;
@@ -158,6 +201,8 @@ Report make_report(const Snapshot& before, const Snapshot& after) {
             old == old_vms.end() || !old->second->vm_ring ? nullptr : &*old->second->vm_ring;
         r.ring = ring_rates(vm.vm_ring.value_or(Ring{}), old_ring, dt);
         r.total = r.ring;
+        r.resident = slots_total(vm, &Slot::resident);
+        r.parked = slots_total(vm, &Slot::parked);
         for (const auto& v : after.vcpus) {
             if (v.vm_id != vm.id) continue;
             const auto o = old_vcpus.find({v.vm_id, v.id});
@@ -181,9 +226,7 @@ Report make_report(const Snapshot& before, const Snapshot& after) {
 std::string format_table(const Report& report, std::size_t max_rows, std::size_t width) {
     std::vector<std::string> rows;
     for (const auto& vm : report.vms) {
-        rows.push_back(
-            render(line("vm " + std::to_string(vm.vm.id), std::to_string(vm.vm.owner_pid),
-                        vm.vm.owner_comm, vm.total, true)));
+        rows.push_back(render(vm_line(vm, report.page_size)));
         for (const auto& v : vm.vcpus)
             rows.push_back(render(line("  vcpu " + std::to_string(v.vcpu.id),
                                        v.vcpu.bound_tid ? std::to_string(*v.vcpu.bound_tid) : "-",
@@ -191,7 +234,7 @@ std::string format_table(const Report& report, std::size_t max_rows, std::size_t
         rows.push_back(render(line("  vm ring", "-", "", vm.ring, false)));
     }
     std::string out = render({"VM/VCPU", "PID/TID", "COMM", "PAGES/s", "FILL%", "WAITS/s",
-                              "WAIT ms/s", "STALL ms/s", "OVERFLOWS"});
+                              "WAIT ms/s", "STALL ms/s", "OVERFLOWS", "RES MiB", "PARKED"});
     out.resize(std::min(out.size(), width));
     out += '\n';
     const std::size_t shown = rows.size() > max_rows ? max_rows : rows.size();
@@ -210,7 +253,7 @@ json to_json(const Report& report, std::uint8_t family_version) {
     json vms = json::array();
     for (const auto& vm : report.vms) {
         json slots = json::array();
-        for (const auto& s : vm.vm.slots) slots.push_back({{"id", s.id}, {"pages", s.pages}});
+        for (const auto& s : vm.vm.slots) slots.push_back(slot_json(s));
         json vcpus = json::array();
         for (const auto& v : vm.vcpus)
             vcpus.push_back({{"id", v.vcpu.id},
@@ -253,6 +296,9 @@ std::string format_time(std::chrono::system_clock::time_point t) {
 std::string format_event(const Event& e, std::chrono::system_clock::time_point t, bool as_json) {
     const std::string time = format_time(t);
     const std::string vm = "vm " + std::to_string(e.vm_id);
+    // The ring of a ring's events.
+    const std::string ring = vm + (e.vcpu ? " vcpu " + std::to_string(*e.vcpu) : " vm ring");
+    const json vcpu = e.vcpu ? json(*e.vcpu) : json();
     switch (e.kind) {
         case Event::Kind::VmCreated:
             if (as_json)
@@ -268,16 +314,22 @@ std::string format_event(const Event& e, std::chrono::system_clock::time_point t
             if (as_json)
                 return json{{"time", time}, {"event", "vm_destroyed"}, {"vm", e.vm_id}}.dump();
             return time + " " + vm + " destroyed";
-        case Event::Kind::Wait:
+        case Event::Kind::WaitBegin:
+            if (as_json)
+                return json{
+                    {"time", time}, {"event", "wait_begin"}, {"vm", e.vm_id}, {"vcpu", vcpu}}
+                    .dump();
+            return time + " " + ring + " waits for ring room";
+        case Event::Kind::WaitEnd:
+            // "wait", as before wait_begin existed.
             if (as_json)
                 return json{{"time", time},
                             {"event", "wait"},
                             {"vm", e.vm_id},
-                            {"vcpu", e.vcpu ? json(*e.vcpu) : json()},
+                            {"vcpu", vcpu},
                             {"ns", e.ns}}
                     .dump();
-            return time + " " + vm + (e.vcpu ? " vcpu " + std::to_string(*e.vcpu) : " vm ring") +
-                   " waited " + ms(e.ns);
+            return time + " " + ring + " waited " + ms(e.ns);
         case Event::Kind::Reset:
             if (as_json)
                 return json{{"time", time},
@@ -292,6 +344,25 @@ std::string format_event(const Event& e, std::chrono::system_clock::time_point t
             return time + " " + vm + " reset " + std::to_string(e.entries) + " entries (" +
                    std::to_string(e.relogged) + " relogged, " + std::to_string(e.soft_full) +
                    " soft-full, " + std::to_string(e.overflows) + " overflows) in " + ms(e.ns);
+        case Event::Kind::SoftFull:
+            if (as_json)
+                return json{{"time", time},
+                            {"event", "soft_full"},
+                            {"vm", e.vm_id},
+                            {"vcpu", vcpu},
+                            {"count", e.count}}
+                    .dump();
+            return time + " " + ring + " reached its soft limit " +
+                   count_of(e.count, "time", "times");
+        case Event::Kind::Overflow:
+            if (as_json)
+                return json{{"time", time},
+                            {"event", "overflow"},
+                            {"vm", e.vm_id},
+                            {"vcpu", vcpu},
+                            {"count", e.count}}
+                    .dump();
+            return time + " " + ring + " full: " + count_of(e.count, "page", "pages") + " parked";
         case Event::Kind::Lost:
             if (as_json) return json{{"time", time}, {"event", "lost"}}.dump();
             return time + " events lost: the socket buffer overflowed";

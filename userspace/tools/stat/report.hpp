@@ -29,6 +29,8 @@ struct Snapshot {
     std::chrono::system_clock::time_point wall{};
     std::vector<Vm> vms;
     std::vector<Vcpu> vcpus;  // of those VMs only
+    // The kernel's, which slots count pages of (take_snapshot() asks sysconf).
+    std::uint64_t page_size = 4096;
 };
 
 // VM_GET and VCPU_GET through `nl`, filtered.
@@ -55,11 +57,16 @@ struct VmReport {
     Rates total;                    // the VM's row: every ring of the VM, stall of every vCPU
     Rates ring;                     // the VM ring's own row
     std::vector<VcpuReport> vcpus;  // by pages/s, then id
+    // Its slots' pages in memory and parked as overflow, now; none when a
+    // slot does not say (a module older than these attributes).
+    std::optional<std::uint64_t> resident;
+    std::optional<std::uint64_t> parked;
 };
 
 struct Report {
     std::chrono::system_clock::time_point time{};  // of the second snapshot
     double interval_s = 0;                         // between the two snapshots
+    std::uint64_t page_size = 4096;                // the second snapshot's
     std::vector<VmReport> vms;                     // by pages/s, then id
 };
 
