@@ -27,6 +27,16 @@ for f in "${kernel[@]}"; do
 	fi
 done
 
+# The kselftests go to tools/, where the kernel's C99 types are the rule.
+mapfile -t ksft < <(files 'selftests/dirtyring/*.[ch]')
+for f in "${ksft[@]}"; do
+	out=$(perl "$cache/scripts/checkpatch.pl" --strict --no-tree --terse --show-types \
+		--no-summary --ignore PREFER_KERNEL_TYPES -f "$f" 2>&1)
+	if [[ -z $out ]]; then report PASS "checkpatch:$f"
+	else report FAIL "checkpatch:$f" "$(echo "$out" | head -3 | tr '\n' ' ')"
+	fi
+done
+
 mapfile -t cxx < <(files 'userspace/*.cpp' 'userspace/*.hpp')
 for f in "${cxx[@]}"; do
 	if out=$(clang-format --dry-run -Werror "$f" 2>&1); then report PASS "clang-format:$f"

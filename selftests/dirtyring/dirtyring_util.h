@@ -157,4 +157,11 @@ static inline long dr_reset_count(int vm)
 	return dr_reset(vm, &r) ? -1 : (long)r.entries;
 }
 
+/*
+ * One access the compiler must emit as written, for guest memory and for
+ * flags shared between threads (the kernel's WRITE_ONCE / READ_ONCE).
+ */
+#define DR_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define DR_LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+
 #endif /* _DIRTYRING_UTIL_H */

@@ -209,8 +209,8 @@ static void start_clean(struct guest *g)
 static const unsigned int pages0[] = { 16, 17, 40, 100, 200, 255, 17 };
 static const unsigned int pages1[] = { 20, 41, 101, 201 };
 
-static void run_and_check(struct __test_metadata *_metadata,
-			  FIXTURE_DATA(kvm) *self, int nvcpus)
+static void run_and_check(struct __test_metadata *_metadata, struct guest *g,
+			  struct vcpu_thread *vcpus, int nvcpus)
 {
 	static const unsigned int *lists[] = { pages0, pages1 };
 	static const unsigned int lens[] = { ARRAY_SIZE(pages0),
@@ -222,9 +222,9 @@ static void run_and_check(struct __test_metadata *_metadata,
 
 	for (i = 0; i < nvcpus; i++)
 		ASSERT_EQ(0, pthread_create(&threads[i], NULL, run_guest,
-					    &self->t[i]));
+					    &vcpus[i]));
 	for (i = 0; i < nvcpus; i++) {
-		struct vcpu_thread *t = &self->t[i];
+		struct vcpu_thread *t = &vcpus[i];
 		struct seen s = { 0 };
 
 		pthread_join(threads[i], NULL);
@@ -236,18 +236,18 @@ static void run_and_check(struct __test_metadata *_metadata,
 		for (j = 0; j < lens[i]; j++) {
 			EXPECT_EQ(1, s.count[lists[i][j]])
 				TH_LOG("vCPU %d page %u", i, lists[i][j]);
-			EXPECT_EQ(0x5a, self->g.mem[lists[i][j] * PAGE_SIZE_4K]);
+			EXPECT_EQ(0x5a, g->mem[lists[i][j] * PAGE_SIZE_4K]);
 		}
 	}
 	/* Guest writes never reach the VM ring. */
-	EXPECT_EQ(0, dr_harvest(&self->g.vm_ring, NULL, NULL));
+	EXPECT_EQ(0, dr_harvest(&g->vm_ring, NULL, NULL));
 }
 
 TEST_F(kvm, guest_writes_land_in_the_bound_vcpu_ring)
 {
 	set_list(&self->g, 0, pages0, ARRAY_SIZE(pages0));
 	start_clean(&self->g);
-	run_and_check(_metadata, self, 1);
+	run_and_check(_metadata, &self->g, self->t, 1);
 }
 
 TEST_F(kvm, reset_invalidates_kvm_mappings)
@@ -257,7 +257,7 @@ TEST_F(kvm, reset_invalidates_kvm_mappings)
 	set_list(&self->g, 0, pages0, ARRAY_SIZE(pages0));
 	start_clean(&self->g);
 	for (round = 0; round < 3; round++) {
-		run_and_check(_metadata, self, 1);
+		run_and_check(_metadata, &self->g, self->t, 1);
 		EXPECT_EQ(6, dr_reset_count(self->g.dr_vm));
 	}
 }
@@ -267,7 +267,7 @@ TEST_F(kvm, two_vcpus_two_rings)
 	set_list(&self->g, 0, pages0, ARRAY_SIZE(pages0));
 	set_list(&self->g, 1, pages1, ARRAY_SIZE(pages1));
 	start_clean(&self->g);
-	run_and_check(_metadata, self, 2);
+	run_and_check(_metadata, &self->g, self->t, 2);
 }
 
 TEST_HARNESS_MAIN

@@ -359,8 +359,8 @@ struct pair {
 	char *mem;
 	pthread_barrier_t start, end;
 	unsigned int rounds;
-	volatile unsigned int polling;	/* rounds whose poll has begun */
-	volatile unsigned int go;	/* rounds whose writes may start */
+	unsigned int polling;	/* rounds whose poll has begun (DR_LOAD) */
+	unsigned int go;	/* rounds whose writes may start (DR_LOAD) */
 };
 
 static void *pair_writer(void *arg)
@@ -372,7 +372,7 @@ static void *pair_writer(void *arg)
 
 	for (r = 0; r < p->rounds; r++) {
 		pthread_barrier_wait(&p->start);
-		while (p->polling <= r)
+		while (DR_LOAD(&p->polling) <= r)
 			;
 		/*
 		 * Let the poller fall asleep (no effect on the result), then
@@ -380,9 +380,9 @@ static void *pair_writer(void *arg)
 		 */
 		if (!me) {
 			usleep(200);
-			p->go = r + 1;
+			DR_STORE(&p->go, r + 1);
 		}
-		while (p->go <= r)
+		while (DR_LOAD(&p->go) <= r)
 			;
 		p->mem[(2 * (r % (NPAGES / 2)) + me) * PG] = 1;
 		pthread_barrier_wait(&p->end);
@@ -424,7 +424,7 @@ TEST_F_TIMEOUT(pair, two_first_writers_wake_the_poller, 300)
 	for (r = 0; r < PAIR_ROUNDS; r++) {
 		pthread_barrier_wait(&p.start);
 		pfd = (struct pollfd){ .fd = v.vm, .events = POLLIN };
-		p.polling = r + 1;
+		DR_STORE(&p.polling, r + 1);
 		ASSERT_EQ(1, poll(&pfd, 1, -1));
 		pthread_barrier_wait(&p.end);
 		memset(seen, 0, sizeof(seen));

@@ -39,10 +39,12 @@ static struct nlattr *nla_next(struct nlattr *a, int *left)
 	return (struct nlattr *)((char *)a + len);
 }
 
-#define nla_for_each(a, head, len, left)                                   \
-	for (a = (head), left = (len); left >= (int)sizeof(*a) &&         \
-	     a->nla_len >= sizeof(*a) && a->nla_len <= left;              \
-	     a = nla_next(a, &left))
+/* @a, if a whole attribute starts there with @left bytes to go. */
+static bool nla_ok(struct nlattr *a, int left)
+{
+	return left >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) &&
+	       a->nla_len <= left;
+}
 
 static void *nla_data(struct nlattr *a)
 {
@@ -62,7 +64,7 @@ static void nla_index(struct nlattr *head, int len, struct nlattr **tb,
 	int left;
 
 	memset(tb, 0, (max + 1) * sizeof(*tb));
-	nla_for_each(a, head, len, left)
+	for (a = head, left = len; nla_ok(a, left); a = nla_next(a, &left))
 		if (nla_type(a) <= max)
 			tb[nla_type(a)] = a;
 }
@@ -162,8 +164,8 @@ static int nl_talk(struct nl *nl, struct req *r,
 						  n->nlmsg_len - NLMSG_HDRLEN - NLMSG_ALIGN(hlen),
 						  tb, NLMSGERR_ATTR_MAX);
 					if (tb[NLMSGERR_ATTR_MSG])
-						snprintf(nl->err_msg, sizeof(nl->err_msg),
-							 "%s", (char *)nla_data(tb[NLMSGERR_ATTR_MSG]));
+						snprintf(nl->err_msg, sizeof(nl->err_msg), "%s",
+							 (char *)nla_data(tb[NLMSGERR_ATTR_MSG]));
 				}
 				if (!ret)
 					ret = 0;
@@ -195,8 +197,9 @@ static void got_family(void *arg, struct nlmsghdr *n)
 		nl->version = nla_u32(tb[CTRL_ATTR_VERSION]);
 	if (!tb[CTRL_ATTR_MCAST_GROUPS])
 		return;
-	nla_for_each(g, (struct nlattr *)nla_data(tb[CTRL_ATTR_MCAST_GROUPS]),
-		     tb[CTRL_ATTR_MCAST_GROUPS]->nla_len - NLA_HDRLEN, left) {
+	for (g = nla_data(tb[CTRL_ATTR_MCAST_GROUPS]),
+	     left = tb[CTRL_ATTR_MCAST_GROUPS]->nla_len - NLA_HDRLEN;
+	     nla_ok(g, left); g = nla_next(g, &left)) {
 		struct nlattr *gt[CTRL_ATTR_MCAST_GRP_MAX + 1];
 
 		nla_index(nla_data(g), g->nla_len - NLA_HDRLEN, gt,
@@ -290,7 +293,7 @@ static void got_report(void *arg, struct nlmsghdr *n)
 			 (char *)nla_data(tb[DIRTYRING_A_VM_OWNER_COMM]));
 	if (tb[DIRTYRING_A_VM_RING])
 		parse_ring(tb[DIRTYRING_A_VM_RING], rep);
-	nla_for_each(a, head, len, left) {
+	for (a = head, left = len; nla_ok(a, left); a = nla_next(a, &left)) {
 		struct nlattr *st[DIRTYRING_A_SLOT_MAX + 1];
 
 		if (nla_type(a) != DIRTYRING_A_VM_SLOT)

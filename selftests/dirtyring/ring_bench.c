@@ -23,7 +23,7 @@
 #include "dirtyring_util.h"
 
 #ifndef GIB_PAGES
-#define GIB_PAGES (1UL << 18)
+#define GIB_PAGES 262144UL
 #endif
 #define WRITERS 8		/* 8 rings of 64Ki entries hold 100% of 1 GiB */
 #define RING 65536
@@ -61,7 +61,7 @@ static void touch(char *mem, unsigned long first, unsigned long count,
 	unsigned long i;
 
 	for (i = 0; i < count; i++)
-		((volatile char *)mem)[(first + i * stride) * PAGE_SIZE_4K] = (char)i;
+		DR_STORE(&mem[(first + i * stride) * PAGE_SIZE_4K], (char)i);
 }
 
 static void *map_anon(unsigned long npages)
@@ -144,7 +144,7 @@ static void bench_first_write(void)
 		/* Reset zaps PTEs: the first read after it faults too. */
 		t0 = now_ns();
 		for (unsigned long i = 0; i < n; i++)
-			(void)((volatile char *)vm.mem)[i * PAGE_SIZE_4K];
+			(void)DR_LOAD(&vm.mem[i * PAGE_SIZE_4K]);
 		ring_read = fmin(ring_read, (now_ns() - t0) / n);
 
 		clear_soft_dirty();

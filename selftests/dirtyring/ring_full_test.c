@@ -28,21 +28,26 @@ static uint64_t now_ms(void)
 	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
 }
 
-FIXTURE(full) {
-	int vm, vcpu;
-	char *mem;
-	struct dr_ring_view vcpu_ring, vm_ring;
+/* What the harvests returned. */
+struct tally {
 	uint8_t seen[NPAGES];
 	unsigned int harvested;
 };
 
+FIXTURE(full) {
+	int vm, vcpu;
+	char *mem;
+	struct dr_ring_view vcpu_ring, vm_ring;
+	struct tally tally;
+};
+
 static void record(void *arg, uint32_t slot, uint64_t offset)
 {
-	FIXTURE_DATA(full) *self = arg;
+	struct tally *t = arg;
 
 	if (slot == 0 && offset < NPAGES)
-		self->seen[offset]++;
-	self->harvested++;
+		t->seen[offset]++;
+	t->harvested++;
 }
 
 FIXTURE_SETUP(full)
@@ -72,19 +77,20 @@ FIXTURE_TEARDOWN(full)
 }
 
 /* Harvests every ring and resets; returns entries reset. */
-static long harvest_and_reset(FIXTURE_DATA(full) *self)
+static long harvest_and_reset(int vm, struct dr_ring_view *vcpu_ring,
+			      struct dr_ring_view *vm_ring, struct tally *t)
 {
-	dr_harvest(&self->vcpu_ring, record, self);
-	dr_harvest(&self->vm_ring, record, self);
-	return dr_reset_count(self->vm);
+	dr_harvest(vcpu_ring, record, t);
+	dr_harvest(vm_ring, record, t);
+	return dr_reset_count(vm);
 }
 
 struct writer {
 	int vcpu;
 	char *mem;
 	unsigned int first, count;
-	volatile unsigned int progress;
-	volatile int done;
+	unsigned int progress;	/* DR_LOAD / DR_STORE */
+	int done;
 	int bind_ret;
 };
 
@@ -96,9 +102,9 @@ static void *writer_fn(void *arg)
 	w->bind_ret = ioctl(w->vcpu, DIRTYRING_BIND, 0);
 	for (i = 0; i < w->count; i++) {
 		w->mem[(w->first + i) * PAGE_SIZE_4K] = 1;
-		w->progress = i + 1;
+		DR_STORE(&w->progress, i + 1);
 	}
-	w->done = 1;
+	DR_STORE(&w->done, 1);
 	return NULL;
 }
 
@@ -116,13 +122,13 @@ static bool wait_for_waiter(int vcpu, uint64_t waits_before)
 	return false;
 }
 
-static bool wait_done(volatile int *done, unsigned int ms)
+static bool wait_done(int *done, unsigned int ms)
 {
 	uint64_t deadline = now_ms() + ms;
 
-	while (!*done && now_ms() < deadline)
+	while (!DR_LOAD(done) && now_ms() < deadline)
 		usleep(1000);
-	return *done;
+	return DR_LOAD(done);
 }
 
 TEST_F(full, writer_waits_until_reset)
@@ -133,27 +139,29 @@ TEST_F(full, writer_waits_until_reset)
 	pthread_t t;
 
 	ASSERT_EQ(0, pthread_create(&t, NULL, writer_fn, &w));
-	while (!w.done && rounds < 10) {
+	while (!DR_LOAD(&w.done) && rounds < 10) {
 		struct dirtyring_ring_status st;
 
 		if (!wait_for_waiter(self->vcpu, rounds))
 			break;
 		/* Blocked: no progress while nobody resets. */
-		progress = w.progress;
+		progress = DR_LOAD(&w.progress);
 		usleep(100000);
-		EXPECT_EQ(progress, w.progress);
+		EXPECT_EQ(progress, DR_LOAD(&w.progress));
 		ASSERT_EQ(0, dr_ring_status(self->vcpu, &st));
 		EXPECT_TRUE(st.flags & DIRTYRING_RING_F_SOFT_FULL);
 		EXPECT_EQ(SOFT, st.used);
 		EXPECT_EQ(1, poll(&p, 1, 0));
-		EXPECT_LT(0, harvest_and_reset(self));
+		EXPECT_LT(0, harvest_and_reset(self->vm, &self->vcpu_ring,
+					       &self->vm_ring, &self->tally));
 		rounds++;
 	}
 	ASSERT_TRUE(wait_done(&w.done, 10000)) TH_LOG("writer still blocked");
 	pthread_join(t, NULL);
 	ASSERT_EQ(0, w.bind_ret);
 	EXPECT_EQ(3, rounds);
-	harvest_and_reset(self);
+	harvest_and_reset(self->vm, &self->vcpu_ring, &self->vm_ring,
+			  &self->tally);
 	/*
 	 * The write that reached the soft limit waits after its fault made
 	 * the page writable, and the reset it waits for re-protects that page:
@@ -165,9 +173,9 @@ TEST_F(full, writer_waits_until_reset)
 		bool waited = i && i % (SOFT - 1) == 0 && i <= 3 * (SOFT - 1);
 		unsigned int want = waited ? 2 : 1;
 
-		EXPECT_EQ(want, self->seen[i]) TH_LOG("page %u", i);
+		EXPECT_EQ(want, self->tally.seen[i]) TH_LOG("page %u", i);
 	}
-	EXPECT_EQ(w.count + rounds, self->harvested);
+	EXPECT_EQ(w.count + rounds, self->tally.harvested);
 }
 
 static void on_usr1(int sig)
@@ -185,7 +193,7 @@ TEST_F(full, signal_ends_the_wait)
 	ASSERT_EQ(0, pthread_create(&t, NULL, writer_fn, &w));
 	ASSERT_TRUE(wait_for_waiter(self->vcpu, 0));
 	usleep(100000);
-	EXPECT_FALSE(w.done);
+	EXPECT_FALSE(DR_LOAD(&w.done));
 	ASSERT_EQ(0, pthread_kill(t, SIGUSR1));
 	EXPECT_TRUE(wait_done(&w.done, 10000));
 	pthread_join(t, NULL);
@@ -193,7 +201,7 @@ TEST_F(full, signal_ends_the_wait)
 	EXPECT_LE(100000000ULL, st.wait_ns) TH_LOG("waited %llu ns",
 						   (unsigned long long)st.wait_ns);
 	/* Every page was logged although nobody reset. */
-	EXPECT_EQ(SOFT, dr_harvest(&self->vcpu_ring, record, self));
+	EXPECT_EQ(SOFT, dr_harvest(&self->vcpu_ring, record, &self->tally));
 }
 
 TEST_F(full, closing_the_vm_releases_waiters)
@@ -271,7 +279,7 @@ struct bulk {
 	char *mem;
 	size_t len;
 	ssize_t ret;
-	volatile int done;
+	int done;	/* DR_LOAD / DR_STORE */
 };
 
 /* One read() faults every page before the thread can wait. */
@@ -283,7 +291,7 @@ static void *bulk_writer(void *arg)
 	if (ioctl(b->vcpu, DIRTYRING_BIND, 0) == 0 && zero >= 0)
 		b->ret = read(zero, b->mem, b->len);
 	close(zero);
-	b->done = 1;
+	DR_STORE(&b->done, 1);
 	return NULL;
 }
 
@@ -298,20 +306,21 @@ TEST_F(full, reserve_exhausted_loses_no_page)
 
 	ASSERT_EQ(0, pthread_create(&t, NULL, bulk_writer, &b));
 	ASSERT_TRUE(wait_for_waiter(self->vcpu, 0));
-	EXPECT_FALSE(b.done);
+	EXPECT_FALSE(DR_LOAD(&b.done));
 	ASSERT_EQ(0, dr_ring_status(self->vcpu, &st));
 	EXPECT_EQ(RING, st.used);
 	EXPECT_EQ(pages - RING, st.overflows);
 	EXPECT_EQ(1, poll(&p, 1, 0));
 	EXPECT_EQ(POLLIN | POLLPRI, p.revents);
-	while (self->harvested < pages && rounds++ < 10)
-		harvest_and_reset(self);
+	while (self->tally.harvested < pages && rounds++ < 10)
+		harvest_and_reset(self->vm, &self->vcpu_ring, &self->vm_ring,
+				  &self->tally);
 	EXPECT_TRUE(wait_done(&b.done, 10000));
 	pthread_join(t, NULL);
 	EXPECT_EQ((ssize_t)(pages * PAGE_SIZE_4K), b.ret);
 	for (i = 0; i < pages; i++)
-		EXPECT_EQ(1, self->seen[i]) TH_LOG("page %u", i);
-	EXPECT_EQ(pages, self->harvested);
+		EXPECT_EQ(1, self->tally.seen[i]) TH_LOG("page %u", i);
+	EXPECT_EQ(pages, self->tally.harvested);
 	EXPECT_EQ(0, poll(&p, 1, 0));
 }
 

@@ -80,7 +80,7 @@ static void *first_writes(void *arg)
 		die("bind");
 	t0 = now_ns();
 	for (i = 0; i < PAGES; i++)
-		((volatile char *)p->mem)[(size_t)i * PAGE_SIZE_4K] = (char)i;
+		DR_STORE(&p->mem[(size_t)i * PAGE_SIZE_4K], (char)i);
 	p->ns = (now_ns() - t0) / PAGES;
 	return NULL;
 }
@@ -136,7 +136,8 @@ int main(void)
 	int r, k, v;
 
 	if (!with || !without) {
-		fprintf(stderr, "stats_bench: DR_STATS_KO and DR_NOSTATS_KO must name the two modules\n");
+		fprintf(stderr,
+			"stats_bench: DR_STATS_KO and DR_NOSTATS_KO must name the modules\n");
 		return 1;
 	}
 	for (r = 0; r < ROUNDS; r++) {
@@ -158,11 +159,11 @@ int main(void)
 		printf("\n");
 	}
 	load(with, "");
-	printf("first write of a bound vCPU thread, %d pages, %d loads of each, best of %d passes:\n",
+	printf("first write of a bound vCPU thread, %d pages, %d loads, best of %d passes:\n",
 	       PAGES, ROUNDS, PASSES);
 	for (v = 0; v < VARIANTS; v++) {
 		qsort(ratio[v], ROUNDS, sizeof(ratio[v][0]), cmp);
-		printf("  %-20s %6.0f ns/page  (/DR_NO_STATS = %.3fx best, %.3fx median of rounds)\n",
+		printf("  %-20s %6.0f ns/page  (/DR_NO_STATS %.3fx best, %.3fx median)\n",
 		       names[v], best[v], best[v] / best[2],
 		       (ratio[v][ROUNDS / 2 - 1] + ratio[v][ROUNDS / 2]) / 2);
 	}

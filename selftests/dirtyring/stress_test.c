@@ -67,8 +67,11 @@
 #define CHECK_EVERY 4		/* passes between checkpoints */
 #define MIN_PASSES 200
 
-enum { BOUND0, BOUND1, UNBOUND, DIO, FILE_READER, PIPE_READER, FEEDER,
-       WORKERS };
+enum {
+	BOUND0, BOUND1, UNBOUND, DIO, FILE_READER, PIPE_READER, FEEDER,
+	WORKERS
+};
+
 #define WRITERS (WORKERS - 1)	/* the feeder writes only to the pipe */
 
 /* Shared with the remote writer process. */
@@ -153,7 +156,7 @@ static void *store_worker(void *arg)
 		unsigned int slot = rand_r(&w->seed) % (PG / 8);
 
 		checkpoint(s->ctl);
-		((volatile uint64_t *)(s->mem + page * PG))[slot] = ++value;
+		DR_STORE(&((uint64_t *)(s->mem + page * PG))[slot], ++value);
 		__atomic_store_n(&w->done, i + 1, __ATOMIC_RELAXED);
 	}
 	finished(s);
@@ -502,7 +505,6 @@ FIXTURE_TEARDOWN(stress)
 	free(s);
 }
 
-
 TEST_F_TIMEOUT(stress, every_writer_against_a_migration, 1800)
 {
 	static const char *const names[WORKERS] = {
@@ -569,7 +571,7 @@ TEST_F_TIMEOUT(stress, every_writer_against_a_migration, 1800)
 	       (unsigned long long)s->entries,
 	       (unsigned long long)s->checkpoints);
 	EXPECT_EQ(0, s->differ)
-		TH_LOG("%llu page copies missed a write: stores %llu, O_DIRECT %llu, process_vm_writev %llu, pipe %llu, file %llu",
+		TH_LOG("missed %llu writes, %llu/%llu/%llu/%llu/%llu by store/DIO/remote/pipe/file",
 		       (unsigned long long)s->differ,
 		       (unsigned long long)s->differ_by[0],
 		       (unsigned long long)s->differ_by[1],
