@@ -4,9 +4,12 @@
 #   make check        every test tier, ending with "N passed, N failed"
 #   make demo         the main job (see README.md)
 #   make bench        benchmarks, as ratios against baselines of the same run
-#   make stress       the ground-truth stress at STRESS_SCALE (default 20) times
-#                     the work make check gives it, in QEMU
+#   make stress       on the debug kernel: the ground-truth stress at STRESS_SCALE
+#                     (default 4) times make check's work, then CHAOS_SECONDS (600)
+#                     of chaos_test
 #   make lint         checkpatch --strict and clang-format only
+#   make patches      patches/: the module as an in-tree series (never edit it)
+#   make dkms-install / dkms-remove   the module through DKMS, for KVER
 #   make install      libdirtyring for a VMM (PREFIX, DESTDIR)
 #   make install-module   dirtyring.ko into /lib/modules/$(KVER)/updates
 #   make deps         the Debian packages all of this needs (every target calls it)
@@ -26,9 +29,10 @@ cmake_configure = cmake -S userspace -B $(1) -DCMAKE_BUILD_TYPE=RelWithDebInfo $
 	|| { cat $(1).configure.log; exit 1; }
 
 .PHONY: all deps linux-source module module-nostats selftests userspace userspace-asan userspace-tsan check lint demo \
-	bench stress install install-module clean
+	bench stress install install-module clean patches dkms-install dkms-remove
 
-STRESS_SCALE ?= 20
+STRESS_SCALE ?= 4
+CHAOS_SECONDS ?= 600
 
 all: module selftests userspace
 
@@ -83,9 +87,23 @@ demo: all
 bench: all module-nostats
 	@scripts/bench.sh
 
+# On the debug kernel: the ground-truth stress, then CHAOS_SECONDS of chaos.
 stress: module selftests
-	selftests/qemu/run --with-loop --env DIRTYRING_STRESS_SCALE=$(STRESS_SCALE) \
-		--test-timeout 3600 --workdir $(BUILD)/qemu-stress $(BUILD)/selftests/stress_test
+	@set -e; built=$$(scripts/debug-kernel.sh); set -- $$built; \
+	selftests/qemu/run --kernel $$1 --module $$2 --kmemleak \
+		--env DIRTYRING_STRESS_SCALE=$(STRESS_SCALE) --env DIRTYRING_CHAOS_SECONDS=$(CHAOS_SECONDS) \
+		--test-timeout 3600 --workdir $(BUILD)/qemu-stress \
+		$(BUILD)/selftests/stress_test $(BUILD)/selftests/chaos_test
+
+patches: deps
+	@scripts/patches.sh > /dev/null
+	@echo "patches: $$(ls patches | wc -l) files in patches/"
+
+dkms-install: deps
+	scripts/dkms.sh install $(kver)
+
+dkms-remove:
+	scripts/dkms.sh remove
 
 install: userspace
 	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/cxx --prefix $(PREFIX)

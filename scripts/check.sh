@@ -49,12 +49,32 @@ qemu_tier() {
 	return $rc
 }
 
+# The same guest tests on the debug kernel (lockdep, KASAN, UBSAN, kmemleak,
+# DEBUG_VM, debug objects) built from patches/: any report fails.
+qemu_debug_tier() {
+	local built image ko rc=0
+	built=$(scripts/debug-kernel.sh) ||
+		{ printf 'FAIL\tqemu-debug/kernel\tthe debug kernel did not build\n'; return 1; }
+	read -r image ko <<< "$built"
+	printf 'PASS\tqemu-debug/kernel\t%s\n' "$image"
+	mapfile -t tests < <(scripts/guest-tests.sh)
+	selftests/qemu/run --kernel "$image" --module "$ko" --kmemleak --test-timeout 1200 \
+		--workdir build/qemu-debug --helper build/cxx/tools/stat/dirtyring-stat-static \
+		--results "$results/qemu-debug.raw.tsv" "${tests[@]}" >&2 || rc=$?
+	sed 's|\tqemu/|\tqemu-debug/|' "$results/qemu-debug.raw.tsv"
+	rm -f "$results/qemu-debug.raw.tsv"
+	return $rc
+}
+
 tier lint scripts/lint.sh build/linux-source
 tier cxx ctest_tier build/cxx cxx
 tier cxx-asan ctest_tier build/cxx-asan cxx-asan
 tier cxx-tsan ctest_tier build/cxx-tsan cxx-tsan
 tier install userspace/tests/install_test.sh "$top" build/cxx
 tier model selftests/model/run build/model
+tier patches scripts/patches-check.sh
+tier dkms scripts/dkms.sh check "$(scripts/kver.sh)" build/dkms-check
+tier qemu-debug qemu_debug_tier
 tier qemu qemu_tier
 
 echo

@@ -15,6 +15,8 @@ packages=(
 	libnl-3-dev libnl-genl-3-dev libxxhash-dev nlohmann-json3-dev python3
 	# lint and model checks
 	clang-format spin
+	# patches/ (an in-tree build of the series) and DKMS
+	flex bison libssl-dev python3-docutils python3-yaml python3-ply python3-git dkms
 )
 
 missing=()

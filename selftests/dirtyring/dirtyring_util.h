@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/dirtyring.h>
@@ -155,6 +156,15 @@ static inline long dr_reset_count(int vm)
 	struct dirtyring_reset r;
 
 	return dr_reset(vm, &r) ? -1 : (long)r.entries;
+}
+
+/* Milliseconds of CLOCK_MONOTONIC: deadlines of waits, never speed checks. */
+static inline uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
 }
 
 /*

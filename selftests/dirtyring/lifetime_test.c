@@ -26,14 +26,6 @@
 #define SOFT (RING - DIRTYRING_RING_RESERVED_ENTRIES)
 #define NPAGES 512
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
-}
-
 /* Joins @t; false if it is still running after 20 s (a stranded thread). */
 static bool join_within(pthread_t t)
 {

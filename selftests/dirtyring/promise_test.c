@@ -26,14 +26,6 @@
 
 #define PG PAGE_SIZE_4K
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
-}
-
 /* A VM with one slot, its VM ring and no vCPU: every writer is unbound. */
 struct mig {
 	int vm;

@@ -20,14 +20,6 @@
 #define RING 128	/* soft limit 64 */
 #define SOFT (RING - DIRTYRING_RING_RESERVED_ENTRIES)
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
-}
-
 /* What the harvests returned. */
 struct tally {
 	uint8_t seen[NPAGES];
