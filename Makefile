@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0
 # dirtyring: one entry point for the module, the library and every test.
 #
 #   make / make all   build the module, the selftests and libdirtyring

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # make bench: every benchmark, each reporting ratios against a baseline
 # measured in the same run (never a pass/fail on speed).
 #   - the module, in the QEMU-booted kernel: first-write cost and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # make check: runs every test tier, each writing result lines into
 # build/results/<tier>.tsv, then prints the summary. A tier whose runner
 # fails without naming a failed test still counts as one failure, so a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # The debug kernel: Debian's linux-source-6.1 with the series of this tree
 # applied (scripts/patches.sh: what patches/ holds once committed), built
 # from allnoconfig plus selftests/qemu/debug.config (lockdep, KASAN, UBSAN,

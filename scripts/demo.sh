@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # make demo: a default live migration, end to end, with no arguments.
 #   - where /dev/kvm works: dirtyring-migrate on the host, a real KVM guest
 #     migrated between two processes;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # Installs every Debian package the project needs. Idempotent: does nothing
 # when all are installed; refreshes the package lists only when they are
 # missing or older than a day.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # The module through DKMS.
 #   dkms.sh stage DIR       DIR/dirtyring-VERSION: what DKMS builds from
 #   dkms.sh install KVER    into /usr/src and the system's DKMS tree

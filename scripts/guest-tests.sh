@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # Prints the paths of every test binary that runs in the QEMU-booted kernel:
 # the kselftests, then the static user-space tests of the library.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
 """Turns CTest's JUnit report into make check's result lines.
 
 usage: junit2results.py JUNIT_XML TIER >> RESULTS

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # Prints the release of the kernel the tests boot: the one Debian's
 # linux-image-amd64 metapackage depends on (not the host's running kernel).
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # checkpatch --strict on the kernel side (module, uAPI header) and
 # clang-format on user space. Prints one result line per file checked and
 # exits 1 when any is unclean.
@@ -36,6 +37,11 @@ for f in "${ksft[@]}"; do
 	else report FAIL "checkpatch:$f" "$(echo "$out" | head -3 | tr '\n' ' ')"
 	fi
 done
+
+# Every source file carries the SPDX line of its licence (README: Licences).
+spdx=$(/usr/bin/python3 scripts/spdx.py check)
+echo "$spdx"
+grep -q '^FAIL' <<< "$spdx" && rc=1
 
 mapfile -t cxx < <(files 'userspace/*.cpp' 'userspace/*.hpp')
 for f in "${cxx[@]}"; do

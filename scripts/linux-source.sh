@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # Extracts from Debian's linux-source-6.1 tarball the few files the build
 # needs (kselftest harness, checkpatch) into a cache directory, once: reading
 # the xz stream costs about 10 s, so every file is taken in one pass and the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # A pristine Linux tree from Debian's linux-source-6.1 tarball, as a git
 # repository with one commit: the base of patches/ (scripts/patches.sh) and
 # of the debug kernel.  Extracted once and reused while the tarball is the

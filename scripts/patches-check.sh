@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # make check's patches tier: patches/ is what `make patches` makes of this
 # tree now; it applies with `git am` to a pristine linux-source-6.1, one
 # patch at a time; the tree builds after each (the uAPI header compiled on

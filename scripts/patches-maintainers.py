@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
 # patches-maintainers.py WHO PATH: adds "F: PATH" to the DIRTYRING DRIVER
 # entry of ./MAINTAINERS, creating the entry (maintainer WHO) after the
 # DIRECTORY NOTIFICATION one if it is not there; F: lines stay sorted.

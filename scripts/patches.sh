@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # make patches: the module as an in-tree Linux patch series, generated from
 # this tree onto Debian's linux-source-6.1 (scripts/linux-tree.sh), into
 # patches/ (or OUT_DIR).  Never edit patches/ by hand: edit this tree and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
 # Reads every results file of make check ("STATUS<TAB>NAME<TAB>DETAIL") and
 # prints the skipped tests with their reasons, the failures, and one line:
 #   N passed, N failed[, N skipped]

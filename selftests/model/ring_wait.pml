@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Model of dirtyring's ring-full wait / reset / wake-up protocol (kmod/
  * mem.c, ring.c, wait.c), checked by spin for deadlocks (invalid end

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Blocktime insert + resolve cost: the address table of Blocktime against
 // the old design (one fault address per vCPU, every vCPU walked on each
 // resolved page), for 1..1024 vCPUs, measured in the same run.  Every

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // DirtyBitmap (RCU-published blocks) against a flat std::atomic<uint64_t>
 // bitmap running the same algorithms, in the same run: what the blocks and
 // the RCU read section cost.  Each iteration times both; the result is the

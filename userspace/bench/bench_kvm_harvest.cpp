@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Harvest cost on real KVM guests: the library (Harvester over KVM's dirty
 // ring into a DirtyBitmap, reset included) against, in the same run,
 //   - a bare loop over the mmapped ring (acquire load, bit set in a flat

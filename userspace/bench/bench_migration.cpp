@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The migration path, each against a floor measured in the same run:
 //  - StreamThroughput: StreamWriter -> StreamReader of 256 MiB of non-zero
 //    pages, against a plain send/recv loop of the same bytes in the same

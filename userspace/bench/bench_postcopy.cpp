@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Fault -> page placed -> thread resumed latency: Postcopy with an
 // in-process source that places each requested page at once, against the
 // floor of a bare loop (poll, read the fault, UFFDIO_COPY) on a

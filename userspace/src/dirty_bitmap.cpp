@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 #include "dirtyring/dirty_bitmap.hpp"
 
 // The inline read side (liburcu's LGPL static API): a call into the shared

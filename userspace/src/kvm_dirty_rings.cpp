@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 #include "dirtyring/kvm_dirty_rings.hpp"
 
 #include <linux/kvm.h>

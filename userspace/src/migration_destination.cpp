@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 #include "dirtyring/migration_destination.hpp"
 
 #include <sys/mman.h>

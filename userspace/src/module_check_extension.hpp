@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // DIRTYRING_CHECK_EXTENSION on a device or VM fd; private to the library
 // because the uAPI header is.
 #pragma once

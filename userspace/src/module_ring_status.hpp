@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The module's ring status in the library's terms; private to the library
 // because the uAPI header is.
 #pragma once

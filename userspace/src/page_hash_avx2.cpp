@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // XXH3 of one stream page with AVX2, built with -mavx2 and called only
 // where the CPU has it (page_hash() checks once): the stream hashes every
 // page on both sides, and the distribution's libxxhash is built for plain

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Blocktime's promise that a fault costs no heap allocation once warmed up:
 // this binary replaces the global operator new to count allocations, so it
 // is a test program of its own.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Blocktime accounting with an injected clock: deterministic, no threads.
 #include "dirtyring/blocktime.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Device against the real module, in the QEMU-booted kernel.
 #include <fcntl.h>
 #include <gtest/gtest.h>

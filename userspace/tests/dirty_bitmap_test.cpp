@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 #include "dirtyring/dirty_bitmap.hpp"
 
 #include <gtest/gtest.h>

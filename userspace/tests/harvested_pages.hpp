@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Test support: a thread-safe count of harvested pages of slot 0, for
 // harvest sinks that run on several threads (vCPU threads on ring-full
 // exits, a collector).

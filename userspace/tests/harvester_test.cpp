@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The Harvester over an in-memory backend whose resets misbehave the ways
 // kernels do: stopped early by a signal yet reporting success (KVM since
 // Linux 6.17), pages parked by a full ring that only a reset moves into a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
 # Installs libdirtyring into a scratch DESTDIR and builds the example
 # consumer against it twice, through the CMake package and through
 # pkg-config, then runs both. Prints result lines for make check.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The harvester against real KVM dirty rings on the host's /dev/kvm, with
 // the minimal guest.  Skipped, with the reason, where KVM is unusable.
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // dirtyring-migrate as a user runs it: bad arguments give a usage error,
 // a default migration succeeds and reports as JSON, and killing either
 // process ends the other with a clear error.

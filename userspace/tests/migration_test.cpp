@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The migration in one process: the stream's bad inputs, and source and
 // destination over a socketpair with a real KVM guest (skipped, with the
 // reason, where KVM is unusable).

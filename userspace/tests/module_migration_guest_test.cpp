@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Live migration with the module backend, in the QEMU-booted kernel with
 // dirtyring.ko loaded: threads bound to module vCPUs (and an unbound I/O
 // thread) dirty module memory while MigrationSource moves it to a

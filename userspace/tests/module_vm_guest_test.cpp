@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // ModuleVm and the Harvester against the real module, in the QEMU-booted
 // kernel (only built into dirtyring_guest_tests: on the host there is no
 // module, and these tests must not pass there by skipping).

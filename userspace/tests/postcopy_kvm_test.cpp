@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Postcopy under a real KVM guest on the host's /dev/kvm: the guest's data
 // pages are registered with userfaultfd, each vCPU runs in its own thread,
 // and its writes fault through KVM into our fault thread.  Skipped, with

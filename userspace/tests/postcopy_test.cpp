@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Postcopy on a real userfaultfd: threads fault on registered anonymous
 // memory and an in-process source serves their pages.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // An in-process page source for postcopy tests: serves each request after a
 // fixed delay from its own thread, as a socket-fed receiving thread would.
 #pragma once

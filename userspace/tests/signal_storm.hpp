@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Test support: a signal every `period` at the thread that made the storm,
 // with a handler that does nothing but count, installed without
 // SA_RESTART: every interruptible call of that thread (a ring reset above

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The smallest program that uses libdirtyring: asks the module for its API
 // version, or says why it cannot.
 #include <dirtyring/device.hpp>

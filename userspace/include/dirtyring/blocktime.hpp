@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // vCPU blocktime accounting of postcopy faults (destination side), and its
 // report in the names and units of QEMU's query-migrate (10.1).
 //

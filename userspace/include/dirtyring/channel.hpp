@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // A migration connection: one connected stream socket (unix or TCP), used in
 // both directions, with buffered blocking reads and writes and an optional
 // bandwidth limit on what is written.

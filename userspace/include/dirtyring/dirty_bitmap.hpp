@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The migration dirty bitmap of one RAM block (one memory slot).
 //
 // Split into fixed-size blocks of kBlockPages pages so it can grow (RAM

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Errors of libdirtyring: one exception type for everything the library
 // reports. It is a std::system_error, so callers that only care about the
 // errno can catch that and compare code() with std::errc.

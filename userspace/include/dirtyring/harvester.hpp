@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Harvests every ring of a backend into the caller's hands, in batches,
 // then resets.  Thread-safe: vCPU threads handling a ring-full exit and a
 // collector thread may call harvest() concurrently; calls are serialized.

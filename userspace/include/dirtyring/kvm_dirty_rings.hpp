@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Upstream KVM's dirty rings as a RingBackend: one ring per vCPU, mmapped at
 // KVM_DIRTY_LOG_PAGE_OFFSET of each vCPU fd, reset with KVM_RESET_DIRTY_RINGS.
 // The VM must have the ring enabled (enable()) before its vCPUs exist.

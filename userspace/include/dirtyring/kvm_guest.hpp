@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // A minimal real KVM guest for tests, benchmarks and dirtyring-migrate:
 // N vCPUs in 32-bit flat protected mode (no paging) running one small
 // program that writes chosen pages.

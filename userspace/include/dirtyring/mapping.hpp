@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Ownership of one mmap()ed range.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // What MigrationSource and MigrationDestination need from a running guest,
 // whatever runs it (a KVM guest, threads writing module memory).
 //

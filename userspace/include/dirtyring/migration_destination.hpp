@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The destination side of a live migration: receives the stream into
 // ordinary anonymous memory, checks every page's hash on arrival and that
 // the hashes of the last version of every page add up to the source's digest

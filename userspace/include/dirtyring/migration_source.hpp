@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The source side of a live migration: precopy rounds driven by ring
 // harvests, a switch-over when the expected downtime is under the limit, or
 // postcopy (by request, or when precopy does not converge).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The migration stream of dirtyring-migrate: what a source sends and what a
 // destination answers on the return path, over one Channel.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // One vCPU of a module VM (ModuleVm::create_vcpu): owns its vCPU fd and the
 // mapping of its dirty ring.  The ring itself is harvested through the VM
 // (ModuleVm is the RingBackend), so this class only binds threads and

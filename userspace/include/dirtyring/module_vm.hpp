@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // A VM of the dirtyring module, as a RingBackend: owns the VM fd, the
 // mapping of the per-VM ring, the mapping of each memory slot and its vCPUs
 // (ModuleVcpu).  Its rings() are every vCPU's ring plus the per-VM ring, so

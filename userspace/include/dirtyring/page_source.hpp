@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Where a postcopy destination asks for the pages its threads fault on.
 //
 // The migration tool puts its return path behind this interface (a socket

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The destination side of postcopy: guest RAM registered with a
 // userfaultfd, a fault thread that turns faults into page requests to a
 // PageSource, page placement, and vCPU blocktime accounting.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // What a Harvester needs from a source of dirty rings: the module's VM or
 // KVM's dirty rings.  Implementations own their ring mappings.
 #pragma once

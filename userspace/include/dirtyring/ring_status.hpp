@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The state of one of the module's dirty rings (DIRTYRING_GET_RING_STATUS),
 // as the library reports it: a plain value, safe to copy between threads.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The harvester's side of one dirty ring: entries laid out as KVM's
 // struct kvm_dirty_gfn (the module uses the same layout), shared with a
 // producer that keeps running.  Not thread-safe: one harvester per ring

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // One userfaultfd in missing mode with UFFD_FEATURE_THREAD_ID: registration
 // of ranges, non-blocking reads of page faults, and page placement.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The guest dirtyring-migrate migrates on a host with KVM: the library's
 // minimal KVM guest, one thread per vCPU, each vCPU rewriting its share of a
 // working set at a set rate, its dirty ring harvested into a DirtyBitmap.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // dirtyring-migrate: live-migrates a running guest between two processes.
 //
 //   dirtyring-migrate [OPTIONS]                 source and destination, forked

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // The guest dirtyring-migrate migrates with the dirtyring module: threads
 // instead of a CPU.  Each "vCPU" is a thread bound to a module vCPU that
 // rewrites its share of the working set (a counter at the start of each

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // Keeps one writer thread of a migrated guest at its share of the dirty
 // rate, in a sleep that a stop request ends at once (the switch-over's
 // downtime starts with stopping the writers: it must not wait out a sleep).

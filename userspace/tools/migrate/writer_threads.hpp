@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
 // What both guests of dirtyring-migrate keep about their writer threads:
 // writes per thread (progress), the first error a thread died of, and the
 // hook a postcopy destination attributes faults with.  Thread-safety:
