@@ -36,7 +36,7 @@ remove)
 	dkms remove -m $name -v "$version" --all 2>/dev/null || true
 	rm -rf "/usr/src/$name-$version" ;;
 check)
-	kver=$2 b=$3
+	kver=$2 b=$(realpath -m "$3")
 	rm -rf "$b"
 	mkdir -p "$b/source" "$b/tree" "$b/install/$kver"
 	stage "$b/source"

@@ -78,7 +78,7 @@ docs() {
 }
 
 kselftests() {
-	kmake headers &&
+	kmake headers && mkdir -p "$b/kselftests" &&
 	make -s -C "$src/tools/testing/selftests/dirtyring" OUTPUT="$b/kselftests" \
 		KHDR_INCLUDES="-isystem $obj/usr/include" &&
 	for t in $(make -s -C "$top/selftests/dirtyring" list); do

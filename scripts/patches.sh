@@ -103,6 +103,7 @@ commit 4-selftests.txt
 git config branch.dirtyring.description "$(cat "$top/upstream/cover.txt")"
 rm -rf "$out"
 mkdir -p "$out"
-git format-patch -q --no-signature --cover-letter --cover-from-description=subject \
+# A fixed abbreviation: git's default grows with the repository's objects.
+git -c core.abbrev=12 format-patch -q --no-signature --cover-letter --cover-from-description=subject \
 	--base=base -o "$out" base..dirtyring
 echo "$work"
