@@ -101,7 +101,7 @@ struct dr_vcpu {
 };
 
 struct dr_vm {
-	struct kref ref;	/* VM fd, memory file, each vCPU fd, each armed wait */
+	struct kref ref;	/* VM fd, memory file (held by armed waits), vCPU fds */
 	u32 id;			/* in dr_vm_idr (dev.c): netlink, fdinfo */
 	struct mm_struct *mm;	/* creator's (mmgrab): per-process cap, waits */
 	struct pid *owner;	/* creator's thread group, for statistics */

@@ -44,7 +44,7 @@
 
 /*
  * Stall accounting reads the clock twice per first write.  Where that is
- * slow (make bench, TCG: 1.04x the first write's cost without it) an
+ * slow (make bench, TCG: 1.05x the first write's cost without it) an
  * operator can turn it off at any time, as delayacct and schedstats can
  * be: dirtyring.stall_accounting=0, a static key, leaves a NOP behind.
  */
@@ -84,7 +84,7 @@ MODULE_PARM_DESC(stall_accounting,
  * local_clock().  They are one where the TSC is stable; where it is not,
  * local_clock() filters every read against the tick, and make bench (TCG,
  * whose TSC is unstable) measured the first write at 1.20x its cost
- * without statistics with local_clock(), 1.04x with sched_clock().
+ * without statistics with local_clock(), 1.05x with sched_clock().
  * sched_clock() is monotonic per CPU only: a fault that slept and resumed
  * on another CPU may be off by the CPUs' skew, and never counts less than
  * nothing.
@@ -101,7 +101,10 @@ static void dr_vcpu_account_fault(struct dr_vcpu *vcpu, u64 start)
 {
 	u64 now = dr_stall_clock(), ns = now > start ? now - start : 0;
 
-	/* Off, or turned on during this fault. */
+	/*
+	 * Off, or turned on during this fault; turned off during it, the
+	 * fault counts as 0 ns.
+	 */
 	if (!start)
 		return;
 	atomic64_inc(&vcpu->faults);

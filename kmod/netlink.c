@@ -7,8 +7,9 @@
  * accepts only the VM id) and need CAP_NET_ADMIN, as does the events group.
  * Operations run in parallel (parallel_ops): each takes a VM reference
  * through dr_vm_get_by_id() / dr_vm_get_next() (dr_vms_lock, dev.c) and
- * reads the counters the way GET_RING_STATUS does (ring->lock, atomics),
- * so they never hold a module lock while they build or send a message.
+ * reads the counters the way GET_RING_STATUS does (ring->lock, atomics);
+ * they hold no module lock while they send, and while they build only
+ * vm->lock, briefly, to read a vCPU's bound thread.
  * Events are built and sent only from contexts that may sleep and hold no
  * module lock (a reset collects its counters under vm->mmu_lock, sends after),
  * only when someone listens.  Soft-limit crossings and overflows, which can
@@ -388,7 +389,7 @@ static void dr_ring_count_events(struct dr_vm *vm, struct dr_ring *ring)
  * vm->ev_work: the soft-limit crossings and overflows of each ring since
  * its last run, one event each.  It runs whether or not anyone listens, so
  * a count never stands for what happened before a listener joined.  It
- * holds no VM reference: dr_vm_free() cancels it first.
+ * holds no VM reference: dr_vm_free() flushes it first.
  */
 void dr_netlink_ev_work(struct work_struct *work)
 {
@@ -437,7 +438,7 @@ static void dr_ring_since_report(struct dr_ring *ring, u64 *soft_full,
 }
 
 /*
- * What the rings saw since the last reset event, taken when someone listens.
+ * What the rings saw since the last complete reset, taken at each one.
  * Called with vm->mmu_lock held, which keeps the reported counters
  * consistent; allocates nothing, so the lock is never held across reclaim.
  */
@@ -447,10 +448,12 @@ void dr_netlink_reset_collect(struct dr_vm *vm, struct dr_reset_report *rep)
 
 	lockdep_assert_held(&vm->mmu_lock);
 	memset(rep, 0, sizeof(*rep));
+	/*
+	 * Counted whether or not anyone listens, so a report never stands
+	 * for what happened before its listener joined.
+	 */
 	rep->wanted = genl_has_listeners(&dr_genl_family, &init_net,
 					 DR_MCGRP_EVENTS);
-	if (!rep->wanted)
-		return;
 	for (i = 0; i < DIRTYRING_MAX_VCPUS; i++) {
 		struct dr_vcpu *vcpu = dr_vm_vcpu(vm, i);
 
