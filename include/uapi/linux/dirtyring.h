@@ -176,8 +176,8 @@ struct dirtyring_ring_status {
 
 /*
  * On a VM fd.  Order: ENABLE_RINGS once (EBUSY the second time), before
- * CREATE_VCPU and before mmap of anything (EINVAL otherwise); ADD_SLOT at
- * any time, each slot id once (EEXIST).
+ * CREATE_VCPU, RESET_RINGS, GET_RING_STATUS and mmap of anything (EINVAL
+ * otherwise); ADD_SLOT at any time, each slot id once (EEXIST).
  */
 #define DIRTYRING_ADD_SLOT	_IOW(DIRTYRING_IOCTL_TYPE, 0x10, struct dirtyring_slot)
 #define DIRTYRING_ENABLE_RINGS	_IOW(DIRTYRING_IOCTL_TYPE, 0x11, struct dirtyring_rings)
@@ -238,7 +238,7 @@ struct dirtyring_reset {
 /*
  * poll() on a VM fd: EPOLLIN while any ring holds entries not reset yet (or
  * pages wait for room as above), EPOLLPRI while any ring is past its soft
- * limit.
+ * limit or pages are parked.
  *
  * Mappings.  Rings and slots are mapped MAP_SHARED only (EINVAL otherwise),
  * rings without PROT_EXEC (EINVAL).  MADV_DONTNEED on a ring mapping or on
@@ -281,7 +281,9 @@ enum {
 	DIRTYRING_CMD_VM_GET,		/* do and dump; reply: VM_GET */
 	DIRTYRING_CMD_VCPU_GET,		/* dump; reply: VCPU_GET */
 	/* notifications, on the events group */
-	DIRTYRING_CMD_VM_CREATED_NTF,	/* VM_ID, VM_OWNER_PID, VM_OWNER_COMM */
+	DIRTYRING_CMD_VM_CREATED_NTF,	/* VM_ID, VM_OWNER_PID (creator's pid
+					 * namespace), VM_OWNER_COMM
+					 */
 	DIRTYRING_CMD_VM_DESTROYED_NTF,	/* VM_ID */
 	DIRTYRING_CMD_WAIT_END_NTF,	/* VM_ID, EV_VCPU (absent: VM ring), EV_NS */
 	DIRTYRING_CMD_RESET_NTF,	/* VM_ID, EV_ENTRIES, EV_RELOGGED, EV_NS,
