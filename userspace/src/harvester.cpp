@@ -58,6 +58,7 @@ ResetResult Harvester::reset_verified() {
         stalled = again.entries ? 0 : stalled + 1;
     }
     stats_.interrupted += sum.interrupted;
+    stats_.relogged += sum.relogged;
     return sum;
 }
 

@@ -56,8 +56,11 @@ using Seen = dirtyring::testing_support::HarvestedPages;
 // let a reset re-protect it before the store retired, and the retried store
 // logged it again (a duplicate, never a loss).  So at most one duplicate per
 // wait.
+// A page comes twice only after a wait (its writer faulted it again), or when
+// it was referenced at re-arm (a fault in flight) and so logged again at once.
 void expect_each_page_once_but_waits(const std::map<std::uint64_t, int>& counts,
-                                     std::uint64_t pages, std::uint64_t waits) {
+                                     std::uint64_t pages, std::uint64_t waits,
+                                     std::uint64_t relogged = 0) {
     ASSERT_EQ(pages, counts.size());
     EXPECT_EQ(pages - 1, counts.rbegin()->first);
     std::uint64_t duplicates = 0;
@@ -66,7 +69,7 @@ void expect_each_page_once_but_waits(const std::map<std::uint64_t, int>& counts,
         EXPECT_GE(2, n) << "page " << page;
         duplicates += static_cast<std::uint64_t>(n - 1);
     }
-    EXPECT_LE(duplicates, waits);
+    EXPECT_LE(duplicates, waits + relogged);
 }
 
 std::uint64_t total_waits(const ModuleVm& vm) {
@@ -203,7 +206,8 @@ TEST(ModuleRingFull, WriterWaitsAtSoftLimitUntilHarvested) {
     const auto status = vm.vcpu(0).ring_status();
     EXPECT_LE(kPages / 128, status.waits);
     EXPECT_EQ(0U, status.overflows);
-    expect_each_page_once_but_waits(seen.counts(), kPages, status.waits);
+    expect_each_page_once_but_waits(seen.counts(), kPages, status.waits,
+                                    harvester.stats().relogged);
 }
 
 // Two bound writers and an unbound one outrun a harvester polling the VM
@@ -242,7 +246,8 @@ TEST(ModuleRingFull, WritersOutrunningTheHarvesterAreReleased) {
     harvester.harvest(sink);
     EXPECT_LT(0U, total_waits(vm)) << "the writers never outran the harvester";
     EXPECT_EQ(0U, total_overflows(vm));
-    expect_each_page_once_but_waits(seen.counts(), kWriters * kPagesEach, total_waits(vm));
+    expect_each_page_once_but_waits(seen.counts(), kWriters * kPagesEach, total_waits(vm),
+                                    harvester.stats().relogged);
 }
 
 // --- harvest while writers keep running ---------------------------------------

@@ -61,6 +61,7 @@ public:
         std::uint64_t resets_for_marks = 0;  // of them, again for marks a reset left
         std::uint64_t interrupted = 0;       // reset calls cut short by EINTR, retried
         std::uint64_t extra_passes = 0;      // harvest-and-reset passes for parked pages
+        std::uint64_t relogged = 0;          // pages held at re-arm, logged again at once
     };
 
     explicit Harvester(RingBackend& backend) : backend_(backend) {}
