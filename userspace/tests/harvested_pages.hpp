@@ -10,7 +10,6 @@
 #include <map>
 #include <mutex>
 #include <span>
-#include <vector>
 
 #include "dirtyring/ring_view.hpp"
 
@@ -23,7 +22,6 @@ public:
         for (const auto& p : pages) {
             EXPECT_EQ(0U, p.slot);
             ++count_[p.offset];
-            order_.push_back(p.offset);
         }
     }
     // How often each page was harvested.
@@ -31,16 +29,10 @@ public:
         std::lock_guard lock(mutex_);
         return count_;
     }
-    // Every harvested page, in the order the sinks were given them.
-    std::vector<std::uint64_t> order() {
-        std::lock_guard lock(mutex_);
-        return order_;
-    }
 
 private:
     std::mutex mutex_;
     std::map<std::uint64_t, int> count_;
-    std::vector<std::uint64_t> order_;
 };
 
 }  // namespace dirtyring::testing_support
