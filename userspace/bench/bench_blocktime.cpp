@@ -12,7 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "dirtyring/blocktime.hpp"
+#include "dirtyring/postcopy/blocktime.hpp"
 
 namespace {
 

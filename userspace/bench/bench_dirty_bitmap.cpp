@@ -15,8 +15,8 @@
 #include <span>
 #include <vector>
 
-#include "dirtyring/dirty_bitmap.hpp"
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/bitmap/dirty_bitmap.hpp"
 
 namespace {
 

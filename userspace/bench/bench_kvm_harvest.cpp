@@ -20,11 +20,11 @@
 #include <cstdio>
 #include <vector>
 
-#include "dirtyring/dirty_bitmap.hpp"
-#include "dirtyring/error.hpp"
-#include "dirtyring/harvester.hpp"
-#include "dirtyring/kvm_guest.hpp"
-#include "dirtyring/mapping.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/base/mapping.hpp"
+#include "dirtyring/bitmap/dirty_bitmap.hpp"
+#include "dirtyring/rings/harvester.hpp"
+#include "testing/kvm_guest.hpp"
 
 namespace {
 

@@ -37,16 +37,16 @@
 #include <utility>
 #include <vector>
 
-#include "dirtyring/channel.hpp"
-#include "dirtyring/error.hpp"
-#include "dirtyring/kvm_guest.hpp"
-#include "dirtyring/mapping.hpp"
-#include "dirtyring/migration_destination.hpp"
-#include "dirtyring/migration_source.hpp"
-#include "dirtyring/migration_stream.hpp"
-#include "dirtyring/unique_fd.hpp"
-#include "dirtyring/userfault.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/base/mapping.hpp"
+#include "dirtyring/base/unique_fd.hpp"
+#include "dirtyring/migration/channel.hpp"
+#include "dirtyring/migration/migration_destination.hpp"
+#include "dirtyring/migration/migration_source.hpp"
+#include "dirtyring/migration/migration_stream.hpp"
+#include "dirtyring/postcopy/userfault.hpp"
 #include "kvm_workload.hpp"
+#include "testing/kvm_guest.hpp"
 
 namespace {
 

@@ -16,11 +16,11 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/error.hpp"
-#include "dirtyring/mapping.hpp"
-#include "dirtyring/postcopy.hpp"
-#include "dirtyring/unique_fd.hpp"
-#include "dirtyring/userfault.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/base/mapping.hpp"
+#include "dirtyring/base/unique_fd.hpp"
+#include "dirtyring/postcopy/postcopy.hpp"
+#include "dirtyring/postcopy/userfault.hpp"
 
 namespace {
 

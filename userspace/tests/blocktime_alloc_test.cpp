@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "dirtyring/blocktime.hpp"
+#include "dirtyring/postcopy/blocktime.hpp"
 
 namespace {
 std::atomic<std::uint64_t> allocations{0};

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Blocktime accounting with an injected clock: deterministic, no threads.
-#include "dirtyring/blocktime.hpp"
+#include "dirtyring/postcopy/blocktime.hpp"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <ostream>
 #include <string>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 
 namespace {
 

@@ -6,9 +6,9 @@
 
 #include <cerrno>
 
-#include "dirtyring/device.hpp"
-#include "dirtyring/error.hpp"
-#include "dirtyring/module_vm.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/rings/device.hpp"
+#include "dirtyring/rings/module_vm.hpp"
 
 namespace {
 

@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Device on the host, where the module is not loaded: every way of opening
 // something that is not the dirtyring device must fail with a clear error.
-#include "dirtyring/device.hpp"
+#include "dirtyring/rings/device.hpp"
 
 #include <gtest/gtest.h>
 
 #include <cerrno>
 #include <string>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 
 namespace {
 

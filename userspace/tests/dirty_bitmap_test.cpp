@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
-#include "dirtyring/dirty_bitmap.hpp"
+#include "dirtyring/bitmap/dirty_bitmap.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 
 namespace {
 

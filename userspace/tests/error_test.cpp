@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 
 #include <gtest/gtest.h>
 

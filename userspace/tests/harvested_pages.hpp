@@ -11,7 +11,7 @@
 #include <mutex>
 #include <span>
 
-#include "dirtyring/ring_view.hpp"
+#include "dirtyring/rings/ring_view.hpp"
 
 namespace dirtyring::testing_support {
 

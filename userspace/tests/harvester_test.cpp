@@ -6,7 +6,7 @@
 // promises under test (harvester.hpp): no page reaches after_reset before
 // its entry was reset; one harvest after the writers stopped returns every
 // page; a reset that makes no progress is an Error, not a hang.
-#include "dirtyring/harvester.hpp"
+#include "dirtyring/rings/harvester.hpp"
 
 #include <gtest/gtest.h>
 
@@ -20,9 +20,9 @@
 #include <span>
 #include <vector>
 
-#include "dirtyring/error.hpp"
-#include "dirtyring/ring_backend.hpp"
-#include "dirtyring/ring_view.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/rings/ring_backend.hpp"
+#include "dirtyring/rings/ring_view.hpp"
 
 namespace {
 

@@ -8,7 +8,9 @@
 set -uo pipefail
 top=$1
 build=$2
-prefix=/usr/local
+# Not the prefix the build was configured with (/usr/local): what is
+# installed must follow the prefix given at install time.
+prefix=/opt/dr
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 dest=$scratch/dest
@@ -28,7 +30,7 @@ check() {
 
 installed() {
 	DESTDIR=$dest cmake --install "$build" --prefix "$prefix" &&
-		for f in include/dirtyring/device.hpp lib/libdirtyring.a lib/libdirtyring.so \
+		for f in include/dirtyring/rings/device.hpp lib/libdirtyring.a lib/libdirtyring.so \
 			lib/pkgconfig/dirtyring.pc lib/cmake/dirtyring/dirtyringConfig.cmake; do
 			[[ -e $root/$f ]] || { echo "missing $root/$f"; return 1; }
 		done
@@ -44,8 +46,10 @@ via_cmake() {
 
 via_pkg_config() {
 	local flags
-	flags=$(PKG_CONFIG_PATH=$root/lib/pkgconfig pkg-config --define-prefix \
-		--cflags --libs dirtyring) &&
+	local pc="pkg-config --with-path=$root/lib/pkgconfig"
+	[[ $($pc --variable=prefix dirtyring) -ef $root ]] ||
+		{ echo "dirtyring.pc: prefix $($pc --variable=prefix dirtyring), not $root"; return 1; }
+	flags=$($pc --cflags --libs dirtyring) &&
 		c++ -o "$scratch/consumer-pc" "$example/main.cpp" $flags &&
 		runs "$scratch/consumer-pc"
 }

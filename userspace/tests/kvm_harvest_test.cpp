@@ -14,11 +14,11 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/error.hpp"
-#include "dirtyring/harvester.hpp"
-#include "dirtyring/kvm_guest.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/rings/harvester.hpp"
 #include "harvested_pages.hpp"
 #include "signal_storm.hpp"
+#include "testing/kvm_guest.hpp"
 
 namespace {
 

@@ -16,7 +16,7 @@
 #include <string>
 #include <thread>
 
-#include "dirtyring/kvm_guest.hpp"
+#include "testing/kvm_guest.hpp"
 
 namespace {
 

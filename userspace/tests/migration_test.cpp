@@ -12,13 +12,13 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/channel.hpp"
-#include "dirtyring/error.hpp"
-#include "dirtyring/kvm_guest.hpp"
-#include "dirtyring/migration_destination.hpp"
-#include "dirtyring/migration_source.hpp"
-#include "dirtyring/migration_stream.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/migration/channel.hpp"
+#include "dirtyring/migration/migration_destination.hpp"
+#include "dirtyring/migration/migration_source.hpp"
+#include "dirtyring/migration/migration_stream.hpp"
 #include "kvm_workload.hpp"
+#include "testing/kvm_guest.hpp"
 
 namespace {
 

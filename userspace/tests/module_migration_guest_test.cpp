@@ -9,9 +9,9 @@
 #include <future>
 #include <thread>
 
-#include "dirtyring/channel.hpp"
-#include "dirtyring/migration_destination.hpp"
-#include "dirtyring/migration_source.hpp"
+#include "dirtyring/migration/channel.hpp"
+#include "dirtyring/migration/migration_destination.hpp"
+#include "dirtyring/migration/migration_source.hpp"
 #include "module_workload.hpp"
 
 namespace {

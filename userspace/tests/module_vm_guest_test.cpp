@@ -19,10 +19,10 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/device.hpp"
-#include "dirtyring/error.hpp"
-#include "dirtyring/harvester.hpp"
-#include "dirtyring/module_vm.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/rings/device.hpp"
+#include "dirtyring/rings/harvester.hpp"
+#include "dirtyring/rings/module_vm.hpp"
 #include "harvested_pages.hpp"
 #include "signal_storm.hpp"
 

@@ -20,10 +20,10 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/kvm_guest.hpp"
-#include "dirtyring/mapping.hpp"
-#include "dirtyring/postcopy.hpp"
+#include "dirtyring/base/mapping.hpp"
+#include "dirtyring/postcopy/postcopy.hpp"
 #include "postcopy_test_source.hpp"
+#include "testing/kvm_guest.hpp"
 
 namespace {
 

@@ -5,7 +5,7 @@
 // Timing: only lower bounds that follow from the source's delay (the
 // monotonic clock and sleep_until guarantee them) and generous upper bounds
 // (kSlack per page); these machines are shared and noisy.
-#include "dirtyring/postcopy.hpp"
+#include "dirtyring/postcopy/postcopy.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -20,9 +20,9 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/error.hpp"
-#include "dirtyring/mapping.hpp"
-#include "dirtyring/userfault.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/base/mapping.hpp"
+#include "dirtyring/postcopy/userfault.hpp"
 #include "postcopy_test_source.hpp"
 
 namespace {

@@ -13,9 +13,9 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/error.hpp"
-#include "dirtyring/page_source.hpp"
-#include "dirtyring/postcopy.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/postcopy/page_source.hpp"
+#include "dirtyring/postcopy/postcopy.hpp"
 
 namespace dirtyring_test {
 

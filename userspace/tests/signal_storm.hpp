@@ -15,7 +15,7 @@
 #include <chrono>
 #include <cstdint>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 
 namespace dirtyring::testing_support {
 

@@ -33,9 +33,9 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/device.hpp"
-#include "dirtyring/harvester.hpp"
-#include "dirtyring/module_vm.hpp"
+#include "dirtyring/rings/device.hpp"
+#include "dirtyring/rings/harvester.hpp"
+#include "dirtyring/rings/module_vm.hpp"
 #include "live.hpp"
 #include "netlink.hpp"
 

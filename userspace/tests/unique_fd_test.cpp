@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
-#include "dirtyring/unique_fd.hpp"
+#include "dirtyring/base/unique_fd.hpp"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

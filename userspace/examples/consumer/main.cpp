@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // The smallest program that uses libdirtyring: asks the module for its API
 // version, or says why it cannot.
-#include <dirtyring/device.hpp>
-#include <dirtyring/error.hpp>
+#include <dirtyring/base/error.hpp>
+#include <dirtyring/rings/device.hpp>
 #include <iostream>
 
 int main() {

@@ -6,7 +6,7 @@
 #include <chrono>
 #include <string>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 #include "pacer.hpp"
 
 namespace dirtyring::migrate {

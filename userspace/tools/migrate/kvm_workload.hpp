@@ -16,10 +16,10 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/dirty_bitmap.hpp"
-#include "dirtyring/harvester.hpp"
-#include "dirtyring/kvm_guest.hpp"
-#include "dirtyring/migratable_guest.hpp"
+#include "dirtyring/bitmap/dirty_bitmap.hpp"
+#include "dirtyring/migration/migratable_guest.hpp"
+#include "dirtyring/rings/harvester.hpp"
+#include "testing/kvm_guest.hpp"
 #include "writer_threads.hpp"
 
 namespace dirtyring::migrate {

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <string>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 #include "pacer.hpp"
 
 namespace dirtyring::migrate {

@@ -23,11 +23,11 @@
 #include <thread>
 #include <vector>
 
-#include "dirtyring/device.hpp"
-#include "dirtyring/dirty_bitmap.hpp"
-#include "dirtyring/harvester.hpp"
-#include "dirtyring/migratable_guest.hpp"
-#include "dirtyring/module_vm.hpp"
+#include "dirtyring/bitmap/dirty_bitmap.hpp"
+#include "dirtyring/migration/migratable_guest.hpp"
+#include "dirtyring/rings/device.hpp"
+#include "dirtyring/rings/harvester.hpp"
+#include "dirtyring/rings/module_vm.hpp"
 #include "kvm_workload.hpp"
 #include "writer_threads.hpp"
 

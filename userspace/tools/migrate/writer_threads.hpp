@@ -12,7 +12,7 @@
 #include <memory>
 #include <mutex>
 
-#include "dirtyring/migratable_guest.hpp"
+#include "dirtyring/migration/migratable_guest.hpp"
 
 namespace dirtyring::migrate {
 

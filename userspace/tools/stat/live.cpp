@@ -11,7 +11,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 
 namespace dirtyring::stat {
 

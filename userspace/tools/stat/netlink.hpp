@@ -33,7 +33,7 @@
 #include <string>
 #include <vector>
 
-#include "dirtyring/error.hpp"
+#include "dirtyring/base/error.hpp"
 
 namespace dirtyring::stat {
 

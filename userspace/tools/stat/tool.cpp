@@ -12,8 +12,8 @@
 #include <map>
 #include <thread>
 
-#include "dirtyring/error.hpp"
-#include "dirtyring/unique_fd.hpp"
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/base/unique_fd.hpp"
 #include "live.hpp"
 #include "netlink.hpp"
 #include "options.hpp"

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// A migration connection: one connected stream socket (unix or TCP), used in
+// both directions, with buffered blocking reads and writes and an optional
+// bandwidth limit on what is written.
+//
+// Thread-safety: one thread may write while another reads (the migration
+// stream and its return path share the socket); writers serialize among
+// themselves, and so do readers.  shutdown() may be called from any thread
+// and wakes a thread blocked in either direction.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dirtyring/base/unique_fd.hpp"
+
+namespace dirtyring {
+
+// "unix:/path/to/socket" or "tcp:HOST:PORT" (HOST a numeric IPv4 or IPv6
+// address, e.g. tcp:127.0.0.1:4444 or tcp:[::1]:4444).  Throws Error(EINVAL)
+// for anything else.
+struct ChannelAddress {
+    enum class Kind { Unix, Tcp };
+    Kind kind;
+    std::string path_or_host;
+    std::uint16_t port = 0;
+
+    static ChannelAddress parse(const std::string& text);
+    std::string to_string() const;
+};
+
+class Channel;
+
+// A listening socket; accept() returns Channels.
+class Listener {
+public:
+    // Binds and listens; EADDRINUSE (an address in use) is reported as such.
+    explicit Listener(const ChannelAddress& address);
+    ~Listener();
+    Listener(Listener&&) = default;
+    Listener& operator=(Listener&&) = default;
+
+    // Waits at most `timeout` for one connection; ETIMEDOUT otherwise.
+    Channel accept(std::chrono::milliseconds timeout);
+    int fd() const noexcept { return fd_.get(); }
+
+private:
+    UniqueFd fd_;
+    std::string unlink_path_;  // the unix socket file this listener created
+};
+
+class Channel {
+public:
+    // What a write is buffered up to, and what one recv() reads at most.
+    static constexpr std::size_t kBufferBytes = 256 << 10;
+
+    explicit Channel(UniqueFd fd);
+    // Connects, retrying while the peer is not listening yet, for at most
+    // `timeout`.
+    static Channel connect(const ChannelAddress& address, std::chrono::milliseconds timeout);
+
+    Channel(Channel&& other) noexcept;
+    Channel& operator=(Channel&&) = delete;
+    Channel(const Channel&) = delete;
+    Channel& operator=(const Channel&) = delete;
+    ~Channel() = default;
+
+    // Bytes per second written at most, averaged over the connection's life
+    // from the call on; 0: unlimited.
+    void set_bandwidth_limit(std::uint64_t bytes_per_second);
+
+    // Buffered; blocks while the socket is full.  Throws Error: EPIPE or
+    // ECONNRESET when the peer is gone.
+    void write(std::span<const std::byte> bytes);
+    void flush();
+    // write() then flush(), in one lock: for records that must not wait.
+    void write_now(std::span<const std::byte> bytes);
+    // Builds up to `max_bytes` (at most kBufferBytes) straight in the write
+    // buffer, under the write lock: fill(std::span<std::byte> room) writes
+    // its bytes at the start of `room` and returns how many it wrote.  What
+    // is sent is then exactly what fill() left there, with no second copy
+    // (a page snapshot is taken into the buffer itself).
+    template <typename Fill>
+    void write_in_place(std::size_t max_bytes, Fill&& fill);
+
+    // Fills `out` completely; throws Error(ECONNRESET, "... closed ...") at
+    // end of stream, naming how many bytes were missing.
+    void read(std::span<std::byte> out);
+    // read() of `n` bytes (at most kBufferBytes), returned where they lie in
+    // the read buffer instead of copied: valid until the next read.
+    std::span<const std::byte> read_in_place(std::size_t n);
+
+    // Ends both directions: a blocked reader or writer returns with an error.
+    void shutdown() noexcept;
+
+    std::uint64_t bytes_written() const noexcept;
+    std::uint64_t bytes_read() const noexcept { return bytes_read_; }
+
+private:
+    void flush_locked();
+    void append_locked(std::span<const std::byte> bytes);
+    void send_locked(std::span<const std::byte> bytes);
+    void throttle_locked(std::size_t bytes);
+    std::span<std::byte> reserve_locked(std::size_t bytes);
+    void commit_locked(std::size_t bytes);
+    // Receives at least `wanted` more bytes after read_end_; `missing` and
+    // `record` name the shortfall if the connection ends first.
+    void receive_locked(std::size_t wanted, std::size_t missing, std::size_t record);
+
+    UniqueFd fd_;
+    mutable std::mutex write_mutex_;
+    // Not a vector: reserve_locked() hands out room without zeroing it.
+    std::unique_ptr<std::byte[]> write_buffer_;
+    std::size_t write_used_ = 0;
+    std::uint64_t bytes_written_ = 0;
+    std::uint64_t limit_ = 0;
+    std::uint64_t limited_bytes_ = 0;
+    std::chrono::steady_clock::time_point limit_start_{};
+
+    std::mutex read_mutex_;
+    std::vector<std::byte> read_buffer_;
+    std::size_t read_begin_ = 0;
+    std::size_t read_end_ = 0;
+    std::uint64_t bytes_read_ = 0;
+};
+
+template <typename Fill>
+void Channel::write_in_place(std::size_t max_bytes, Fill&& fill) {
+    std::lock_guard lock(write_mutex_);
+    const std::span<std::byte> room = reserve_locked(max_bytes);
+    commit_locked(std::forward<Fill>(fill)(room));
+}
+
+}  // namespace dirtyring

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// The destination side of a live migration: receives the stream into
+// ordinary anonymous memory, checks every page's hash on arrival and that
+// the hashes of the last version of every page add up to the source's digest
+// of its memory at the stop (MemoryDigest), then restores the vCPUs and
+// starts the guest (built by the caller's factory, of the kind the stream
+// names).  The source checks that digest against its stopped memory itself.
+//
+// Postcopy: on the source's Postcopy record it discards the pages the source
+// still has dirty, registers the memory with userfaultfd (Postcopy), starts
+// the guest at once, and places every page that arrives; vCPU faults become
+// Request records on the return path.  Memory is then verified by the page
+// hashes (the guest already runs on it).
+//
+// run() is called by one thread; it returns once the guest runs here and the
+// source was told (Done), or throws Error: EPROTO for a stream it does not
+// understand, ECANCELED when the source cancelled, ECONNRESET when the
+// connection ended early, EIO when the memory does not match.  On error the
+// received memory is discarded and the source is told why (Failed) when the
+// connection still works.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "dirtyring/base/mapping.hpp"
+#include "dirtyring/migration/channel.hpp"
+#include "dirtyring/migration/migratable_guest.hpp"
+#include "dirtyring/postcopy/page_source.hpp"
+#include "dirtyring/postcopy/postcopy.hpp"
+
+namespace dirtyring {
+
+struct DestinationReport {
+    std::string mode = "precopy";
+    unsigned rounds = 0;
+    std::uint64_t pages_received = 0;  // page records, zero pages included
+    std::uint64_t zero_pages = 0;
+    std::uint64_t bytes_received = 0;
+    std::uint64_t digest = 0;
+    std::chrono::nanoseconds total_time{0};
+    // Postcopy only: faults, requests sent, and the blocktime report (the
+    // JSON members of QEMU's query-migrate).
+    std::uint64_t postcopy_faults = 0;
+    std::uint64_t postcopy_requests = 0;
+    std::string blocktime_json;
+};
+
+class MigrationDestination {
+public:
+    using GuestFactory = std::function<std::unique_ptr<MigratableGuest>(
+        std::uint32_t kind, std::byte* memory, std::uint64_t pages, unsigned vcpus)>;
+
+    struct Limits {
+        std::uint64_t max_pages = 1ULL << 24;  // 64 GiB
+        unsigned max_vcpus = 64;
+    };
+
+    MigrationDestination(Channel& channel, GuestFactory factory, Limits limits);
+    MigrationDestination(Channel& channel, GuestFactory factory)
+        : MigrationDestination(channel, std::move(factory), Limits{}) {}
+    ~MigrationDestination();
+
+    DestinationReport run();
+
+    // The migrated guest, running; only after run() returned.
+    MigratableGuest& guest() { return *guest_; }
+
+private:
+    DestinationReport receive();
+
+    Channel& channel_;
+    GuestFactory factory_;
+    Limits limits_;
+    Mapping memory_;
+    // Outlive the guest: its vCPU threads register with the postcopy when
+    // they start, which can be after run() returned.
+    std::unique_ptr<PageSource> requests_;
+    std::optional<Postcopy> postcopy_;
+    std::unique_ptr<MigratableGuest> guest_;
+};
+
+}  // namespace dirtyring

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// The source side of a live migration: precopy rounds driven by ring
+// harvests, a switch-over when the expected downtime is under the limit, or
+// postcopy (by request, or when precopy does not converge).
+//
+// run() is the migration thread's body (the caller owns the thread; nothing
+// runs on timers).  A second thread, started and joined by run(), reads the
+// return path: page requests in postcopy, the destination's Done or Failed.
+// cancel() may be called from any thread: run() then sends Cancel, restarts
+// nothing (the guest never stopped, or is started again if precopy had
+// stopped it) and throws Error(ECANCELED).  On any error before the guest's
+// state left (precopy, cancel), the guest keeps running.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dirtyring/migration/channel.hpp"
+#include "dirtyring/migration/migratable_guest.hpp"
+#include "dirtyring/migration/migration_stream.hpp"
+
+namespace dirtyring {
+
+struct MigrationOptions {
+    std::uint64_t bandwidth_limit = 0;  // bytes/s; 0: unlimited
+    std::chrono::milliseconds downtime_limit{300};
+    unsigned max_rounds = 30;  // then postcopy, or a forced switch-over
+    bool postcopy = false;     // switch to postcopy after the first round
+    bool postcopy_if_not_converged = true;
+};
+
+// One precopy round, as the progress line shows it.
+struct RoundProgress {
+    unsigned round = 0;
+    std::uint64_t pages_sent = 0;     // in this round
+    std::uint64_t dirty_pages = 0;    // dirtied during this round: the next round's work
+    double dirty_rate = 0;            // pages/s during this round
+    double bandwidth = 0;             // bytes/s during this round
+    std::uint64_t pending_bytes = 0;  // what the next round (or switch-over) sends
+    std::chrono::nanoseconds expected_downtime{0};
+    std::chrono::nanoseconds elapsed{0};  // since the migration started
+};
+
+struct SourceReport {
+    std::string mode;  // "precopy", "postcopy"
+    bool converged = false;
+    unsigned rounds = 0;
+    std::chrono::nanoseconds total_time{0};
+    std::chrono::nanoseconds downtime{0};           // vCPUs stopped -> destination runs
+    std::chrono::nanoseconds expected_downtime{0};  // the estimate at switch-over
+    std::uint64_t pages_sent = 0;                   // page records, zero pages included
+    std::uint64_t zero_pages = 0;
+    std::uint64_t bytes_sent = 0;
+    std::uint64_t postcopy_requests = 0;
+    // Of the memory at the stop, as sent; checked after the migration against
+    // the stopped source's memory itself.
+    std::uint64_t digest = 0;
+};
+
+class MigrationSource {
+public:
+    using Progress = std::function<void(const RoundProgress&)>;
+
+    MigrationSource(MigratableGuest& guest, Channel& channel, MigrationOptions options,
+                    Progress progress = {});
+
+    SourceReport run();
+    void cancel() noexcept { cancelled_.store(true, std::memory_order_release); }
+
+private:
+    class ReturnPath;
+
+    void check_cancel_and_failures(const ReturnPath& rp);
+    // Sends one page and remembers the hash of what was sent.
+    void send_page(StreamWriter& writer, std::uint64_t page);
+    std::uint64_t send_dirty(StreamWriter& writer, const ReturnPath& rp);
+    void send_vcpus(StreamWriter& writer);
+    void postcopy(StreamWriter& writer, ReturnPath& rp, SourceReport& report);
+
+    MigratableGuest& guest_;
+    Channel& channel_;
+    MigrationOptions options_;
+    Progress progress_;
+    std::atomic<bool> cancelled_{false};
+    std::vector<std::uint64_t> migration_;  // pages still to send, one bit each
+    std::optional<MemoryDigest> sent_;      // hash of what was sent last of each page
+};
+
+}  // namespace dirtyring

@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// The migration stream of dirtyring-migrate: what a source sends and what a
+// destination answers on the return path, over one Channel.
+//
+// Layout (little-endian, as the x86 hosts it runs on):
+//   header   StreamHeader, once, from the source
+//   records  RecordHeader {type, length} then `length` bytes of payload
+// Source -> destination: Page (index, hash, data), ZeroPage (index),
+// RoundEnd, VcpuState, Postcopy (runs of pages to discard, then postcopy
+// begins), End (digest of all memory at the stop), Cancel.
+// Destination -> source: Request (a page a faulting vCPU waits for), Done
+// (the destination verified the memory and runs the guest), Failed
+// (a message).
+//
+// Every page carries its XXH3-64 hash, which the reader verifies; the End
+// record carries the digest of the whole memory (MemoryDigest).  A reader
+// refuses, with Error(EPROTO) naming what it found, a stream of another
+// version, an unknown record, a length that does not match its type, a page
+// out of range or a hash that does not match.
+//
+// Thread-safety: a StreamWriter or StreamReader belongs to one thread at a
+// time; a source may write the stream while another thread reads the return
+// path of the same Channel.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dirtyring/migration/channel.hpp"
+
+namespace dirtyring {
+
+inline constexpr std::uint32_t kStreamVersion = 1;
+inline constexpr std::uint32_t kStreamPageSize = 4096;
+
+struct StreamHeader {
+    char magic[8];  // "DRMIGRT\0"
+    std::uint32_t version;
+    std::uint32_t page_size;
+    std::uint64_t pages;
+    std::uint32_t vcpus;
+    std::uint32_t guest;  // MigratableGuest::kind(): what the destination builds
+    std::uint32_t flags;  // none defined: 0
+    std::uint32_t reserved;
+};
+
+enum class RecordType : std::uint32_t {
+    Page = 1,
+    ZeroPage = 2,
+    RoundEnd = 3,
+    VcpuState = 4,
+    Postcopy = 5,
+    End = 6,
+    Cancel = 7,
+    Request = 16,
+    Done = 17,
+    Failed = 18,
+};
+
+// A run of pages [first, first + count).
+struct PageRun {
+    std::uint64_t first;
+    std::uint64_t count;
+};
+
+// The hash the stream carries for one page, and for a page of zeros.
+std::uint64_t page_hash(const std::byte* page) noexcept;
+std::uint64_t zero_page_hash() noexcept;
+bool is_zero_page(const std::byte* page) noexcept;
+
+// Per-page hashes of a guest memory, and their digest: what the source sends
+// at the end and the destination compares with what it received.
+class MemoryDigest {
+public:
+    explicit MemoryDigest(std::uint64_t pages);
+    // Hashes every page of `memory` (pages() pages).
+    static MemoryDigest of(const std::byte* memory, std::uint64_t pages);
+
+    void set(std::uint64_t page, std::uint64_t hash) { hashes_.at(page) = hash; }
+    std::uint64_t get(std::uint64_t page) const { return hashes_.at(page); }
+    std::uint64_t pages() const noexcept { return hashes_.size(); }
+    std::uint64_t digest() const noexcept;
+    // The first page whose hash differs from `other`'s, or pages().
+    std::uint64_t first_difference(const MemoryDigest& other) const noexcept;
+
+private:
+    std::vector<std::uint64_t> hashes_;
+};
+
+class StreamWriter {
+public:
+    explicit StreamWriter(Channel& channel) : channel_(channel) {}
+
+    void header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest);
+    // Sends the page as a ZeroPage when it is all zeros; returns the hash of
+    // what was sent (the page may change under a running guest).
+    std::uint64_t page(std::uint64_t index, const std::byte* data);
+    void round_end(std::uint32_t round, std::uint64_t pages);
+    void vcpu_state(std::uint32_t vcpu, std::span<const std::byte> state);
+    void postcopy(std::span<const PageRun> discard);
+    void end(std::uint64_t digest);
+    void cancel();
+    // The return path.
+    void request(std::uint64_t index);
+    void done(std::uint64_t digest);
+    void failed(const std::string& message);
+
+    void flush() { channel_.flush(); }
+    std::uint64_t zero_pages() const noexcept { return zero_pages_; }
+    std::uint64_t data_pages() const noexcept { return data_pages_; }
+
+private:
+    void record(RecordType type, std::span<const std::byte> payload, bool now);
+
+    Channel& channel_;
+    std::uint64_t zero_pages_ = 0;
+    std::uint64_t data_pages_ = 0;
+};
+
+// One record as read, valid until the next read.
+struct Record {
+    RecordType type;
+    std::uint64_t index = 0;  // Page, ZeroPage, Request; vCPU for VcpuState
+    std::uint64_t hash = 0;   // Page, ZeroPage: verified
+    // Page: kStreamPageSize bytes, in the Channel's read buffer (not copied):
+    // valid until the next read from that Channel.
+    const std::byte* data = nullptr;
+    std::uint64_t value = 0;       // RoundEnd: round; End, Done: digest
+    std::uint64_t count = 0;       // RoundEnd: pages
+    std::vector<std::byte> state;  // VcpuState
+    std::vector<PageRun> runs;     // Postcopy
+    std::string message;           // Failed
+};
+
+class StreamReader {
+public:
+    // pages: the memory size the reader accepts page indices for (set from
+    // the header by a destination).
+    explicit StreamReader(Channel& channel, std::uint64_t pages = 0)
+        : channel_(channel), pages_(pages) {}
+
+    // Reads and checks the source's header; sets pages().
+    StreamHeader header(std::uint64_t max_pages, std::uint32_t max_vcpus);
+    // Reads one record and checks it; Error(EPROTO) on anything malformed,
+    // Error(ECONNRESET) when the connection ends.
+    const Record& next();
+
+    std::uint64_t pages() const noexcept { return pages_; }
+
+private:
+    Channel& channel_;
+    std::uint64_t pages_;
+    Record record_;
+};
+
+}  // namespace dirtyring

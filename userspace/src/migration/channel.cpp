@@ -1,0 +1,325 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+#include "dirtyring/migration/channel.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "dirtyring/base/error.hpp"
+
+namespace dirtyring {
+namespace {
+
+constexpr std::size_t kBufferBytes = Channel::kBufferBytes;
+
+// A socket address for `address`, and its length.
+struct SockAddr {
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    int family = AF_UNSPEC;
+};
+
+SockAddr to_sockaddr(const ChannelAddress& address) {
+    SockAddr sa;
+    if (address.kind == ChannelAddress::Kind::Unix) {
+        sockaddr_un un{};
+        un.sun_family = AF_UNIX;
+        if (address.path_or_host.empty() || address.path_or_host.size() >= sizeof(un.sun_path))
+            throw Error(EINVAL, "unix socket path '" + address.path_or_host +
+                                    "': empty or longer than " +
+                                    std::to_string(sizeof(un.sun_path) - 1) + " bytes");
+        std::memcpy(un.sun_path, address.path_or_host.c_str(), address.path_or_host.size() + 1);
+        std::memcpy(&sa.storage, &un, sizeof(un));
+        sa.length = sizeof(un);
+        sa.family = AF_UNIX;
+        return sa;
+    }
+    sockaddr_in in4{};
+    sockaddr_in6 in6{};
+    if (::inet_pton(AF_INET, address.path_or_host.c_str(), &in4.sin_addr) == 1) {
+        in4.sin_family = AF_INET;
+        in4.sin_port = htons(address.port);
+        std::memcpy(&sa.storage, &in4, sizeof(in4));
+        sa.length = sizeof(in4);
+        sa.family = AF_INET;
+    } else if (::inet_pton(AF_INET6, address.path_or_host.c_str(), &in6.sin6_addr) == 1) {
+        in6.sin6_family = AF_INET6;
+        in6.sin6_port = htons(address.port);
+        std::memcpy(&sa.storage, &in6, sizeof(in6));
+        sa.length = sizeof(in6);
+        sa.family = AF_INET6;
+    } else {
+        throw Error(EINVAL, "'" + address.path_or_host + "' is not a numeric IP address");
+    }
+    return sa;
+}
+
+const sockaddr* as_sockaddr(const SockAddr& sa) {
+    return reinterpret_cast<const sockaddr*>(&sa.storage);
+}
+
+}  // namespace
+
+ChannelAddress ChannelAddress::parse(const std::string& text) {
+    const auto bad = [&](const std::string& why) {
+        return Error(EINVAL,
+                     "address '" + text + "': " + why + " (expected unix:PATH or tcp:HOST:PORT)");
+    };
+    if (text.starts_with("unix:")) {
+        ChannelAddress a{Kind::Unix, text.substr(5), 0};
+        if (a.path_or_host.empty()) throw bad("empty path");
+        return a;
+    }
+    if (!text.starts_with("tcp:")) throw bad("unknown kind");
+    const std::string rest = text.substr(4);
+    const auto colon = rest.rfind(':');
+    if (colon == std::string::npos || colon == 0) throw bad("no port");
+    std::string host = rest.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    const std::string port = rest.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit))
+        throw bad("bad port");
+    const unsigned long n = std::stoul(port);
+    if (n == 0 || n > 65535) throw bad("port out of range");
+    ChannelAddress a{Kind::Tcp, host, static_cast<std::uint16_t>(n)};
+    to_sockaddr(a);  // validates the host
+    return a;
+}
+
+std::string ChannelAddress::to_string() const {
+    if (kind == Kind::Unix) return "unix:" + path_or_host;
+    if (path_or_host.find(':') != std::string::npos)
+        return "tcp:[" + path_or_host + "]:" + std::to_string(port);
+    return "tcp:" + path_or_host + ":" + std::to_string(port);
+}
+
+Listener::Listener(const ChannelAddress& address) {
+    const SockAddr sa = to_sockaddr(address);
+    fd_.reset(::socket(sa.family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd_) throw_errno("socket");
+    if (sa.family != AF_UNIX) {
+        const int one = 1;
+        ::setsockopt(fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    }
+    if (::bind(fd_.get(), as_sockaddr(sa), sa.length))
+        throw_errno("bind " + address.to_string() +
+                    (errno == EADDRINUSE ? " (address in use)" : ""));
+    if (sa.family == AF_UNIX) unlink_path_ = address.path_or_host;
+    if (::listen(fd_.get(), 1)) throw_errno("listen " + address.to_string());
+}
+
+Listener::~Listener() {
+    if (!unlink_path_.empty() && fd_) ::unlink(unlink_path_.c_str());
+}
+
+Channel Listener::accept(std::chrono::milliseconds timeout) {
+    pollfd p{fd_.get(), POLLIN, 0};
+    for (;;) {
+        const int n = ::poll(&p, 1, static_cast<int>(timeout.count()));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw_errno("poll on the listening socket");
+        if (n == 0)
+            throw Error(ETIMEDOUT,
+                        "no source connected within " + std::to_string(timeout.count()) + " ms");
+        break;
+    }
+    UniqueFd fd(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!fd) throw_errno("accept");
+    return Channel(std::move(fd));
+}
+
+Channel::Channel(UniqueFd fd) : fd_(std::move(fd)) {
+    const int one = 1;
+    // Not a unix socket: page records are large, but small control records
+    // (requests, acknowledgements) must not wait for Nagle.
+    ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    write_buffer_ = std::make_unique_for_overwrite<std::byte[]>(kBufferBytes);
+    read_buffer_.resize(kBufferBytes);
+}
+
+Channel::Channel(Channel&& other) noexcept
+    : fd_(std::move(other.fd_)),
+      write_buffer_(std::move(other.write_buffer_)),
+      write_used_(std::exchange(other.write_used_, 0)),
+      bytes_written_(other.bytes_written_),
+      limit_(other.limit_),
+      limited_bytes_(other.limited_bytes_),
+      limit_start_(other.limit_start_),
+      read_buffer_(std::move(other.read_buffer_)),
+      read_begin_(other.read_begin_),
+      read_end_(other.read_end_),
+      bytes_read_(other.bytes_read_) {}
+
+Channel Channel::connect(const ChannelAddress& address, std::chrono::milliseconds timeout) {
+    const SockAddr sa = to_sockaddr(address);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        UniqueFd fd(::socket(sa.family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!fd) throw_errno("socket");
+        if (::connect(fd.get(), as_sockaddr(sa), sa.length) == 0) return Channel(std::move(fd));
+        const int err = errno;
+        const bool not_yet = err == ECONNREFUSED || err == ENOENT || err == EINTR;
+        if (!not_yet || std::chrono::steady_clock::now() >= deadline)
+            throw Error(err, "connect " + address.to_string());
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+}
+
+void Channel::set_bandwidth_limit(std::uint64_t bytes_per_second) {
+    std::lock_guard lock(write_mutex_);
+    limit_ = bytes_per_second;
+    limited_bytes_ = 0;
+    limit_start_ = std::chrono::steady_clock::now();
+}
+
+void Channel::throttle_locked(std::size_t bytes) {
+    if (!limit_) return;
+    limited_bytes_ += bytes;
+    // When these bytes may leave at the limit's pace, since the limit was set.
+    const auto due = limit_start_ +
+                     std::chrono::nanoseconds(static_cast<std::int64_t>(
+                         static_cast<double>(limited_bytes_) * 1e9 / static_cast<double>(limit_)));
+    std::this_thread::sleep_until(due);
+}
+
+void Channel::send_locked(std::span<const std::byte> bytes) {
+    throttle_locked(bytes.size());
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+        const ssize_t n = ::send(fd_.get(), bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw_errno("send on the migration connection");
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    bytes_written_ += bytes.size();
+}
+
+void Channel::flush_locked() {
+    const std::size_t used = std::exchange(write_used_, 0);  // dropped on error
+    send_locked(std::span(write_buffer_.get(), used));
+}
+
+std::span<std::byte> Channel::reserve_locked(std::size_t bytes) {
+    if (bytes > kBufferBytes)
+        throw Error(EINVAL, "a record of " + std::to_string(bytes) +
+                                " bytes to build in a write buffer of " +
+                                std::to_string(kBufferBytes));
+    if (write_used_ + bytes > kBufferBytes) flush_locked();
+    return {write_buffer_.get() + write_used_, bytes};
+}
+
+void Channel::commit_locked(std::size_t bytes) {
+    write_used_ += bytes;
+    if (write_used_ >= kBufferBytes) flush_locked();
+}
+
+void Channel::append_locked(std::span<const std::byte> bytes) {
+    if (bytes.size() >= kBufferBytes) {
+        // Larger than the buffer: sent from where it is, after what is buffered.
+        flush_locked();
+        send_locked(bytes);
+        return;
+    }
+    const std::span<std::byte> room = reserve_locked(bytes.size());
+    // An empty record (Cancel) has no data pointer: memcpy must not see it.
+    if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
+    commit_locked(bytes.size());
+}
+
+void Channel::write(std::span<const std::byte> bytes) {
+    std::lock_guard lock(write_mutex_);
+    append_locked(bytes);
+}
+
+void Channel::flush() {
+    std::lock_guard lock(write_mutex_);
+    flush_locked();
+}
+
+void Channel::write_now(std::span<const std::byte> bytes) {
+    std::lock_guard lock(write_mutex_);
+    append_locked(bytes);
+    flush_locked();
+}
+
+void Channel::receive_locked(std::size_t wanted, std::size_t missing, std::size_t record) {
+    std::size_t got = 0;
+    while (got < wanted) {
+        ssize_t n;
+        do {
+            n = ::recv(fd_.get(), read_buffer_.data() + read_end_, read_buffer_.size() - read_end_,
+                       0);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) throw_errno("recv on the migration connection");
+        if (n == 0)
+            throw Error(ECONNRESET,
+                        "the migration connection closed in the middle of a "
+                        "record (" +
+                            std::to_string(missing - got) + " of " + std::to_string(record) +
+                            " bytes missing)");
+        read_end_ += static_cast<std::size_t>(n);
+        got += static_cast<std::size_t>(n);
+        bytes_read_ += static_cast<std::uint64_t>(n);
+    }
+}
+
+void Channel::read(std::span<std::byte> out) {
+    std::lock_guard lock(read_mutex_);
+    std::size_t done = 0;
+    while (done < out.size()) {
+        if (read_begin_ == read_end_) {
+            read_begin_ = read_end_ = 0;
+            receive_locked(1, out.size() - done, out.size());
+        }
+        const std::size_t take = std::min(out.size() - done, read_end_ - read_begin_);
+        std::memcpy(out.data() + done, read_buffer_.data() + read_begin_, take);
+        read_begin_ += take;
+        done += take;
+    }
+}
+
+std::span<const std::byte> Channel::read_in_place(std::size_t n) {
+    std::lock_guard lock(read_mutex_);
+    if (n > read_buffer_.size())
+        throw Error(EINVAL, "a read of " + std::to_string(n) + " bytes in place, in a buffer of " +
+                                std::to_string(read_buffer_.size()));
+    if (read_begin_ == read_end_) read_begin_ = read_end_ = 0;  // room for a full recv()
+    const std::size_t have = read_end_ - read_begin_;
+    if (have < n) {
+        // The rest of a record at the buffer's end moves to its start: rare
+        // (once a buffer), and it keeps the record in one piece.
+        if (read_buffer_.size() - read_begin_ < n) {
+            std::memmove(read_buffer_.data(), read_buffer_.data() + read_begin_, have);
+            read_begin_ = 0;
+            read_end_ = have;
+        }
+        receive_locked(n - have, n - have, n);
+    }
+    const std::span<const std::byte> out(read_buffer_.data() + read_begin_, n);
+    read_begin_ += n;
+    return out;
+}
+
+void Channel::shutdown() noexcept {
+    ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
+std::uint64_t Channel::bytes_written() const noexcept {
+    std::lock_guard lock(write_mutex_);
+    return bytes_written_;
+}
+
+}  // namespace dirtyring

@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+#include "dirtyring/migration/migration_source.hpp"
+
+#include <bit>
+#include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "dirtyring/base/error.hpp"
+#include "dirtyring/migration/migration_stream.hpp"
+
+namespace dirtyring {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kDoneTimeout = std::chrono::seconds(60);
+constexpr std::uint64_t kPostcopyBatch = 8;
+
+bool test_bit(const std::vector<std::uint64_t>& bits, std::uint64_t page) {
+    return (bits[page / 64] >> (page % 64)) & 1;
+}
+
+bool take_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
+    const bool was = test_bit(bits, page);
+    bits[page / 64] &= ~(1ULL << (page % 64));
+    return was;
+}
+
+}  // namespace
+
+// Reads the destination's records while the migration runs.
+class MigrationSource::ReturnPath {
+public:
+    ReturnPath(Channel& channel, std::uint64_t pages) : reader_(channel, pages) {
+        thread_ = std::jthread([this] { loop(); });
+    }
+    ~ReturnPath() = default;  // the owner shuts the channel down first
+
+    void check() const {
+        std::lock_guard lock(mutex_);
+        if (failure_) std::rethrow_exception(failure_);
+    }
+    std::optional<std::uint64_t> pop_request() {
+        std::lock_guard lock(mutex_);
+        if (requests_.empty()) return std::nullopt;
+        const auto page = requests_.front();
+        requests_.pop_front();
+        return page;
+    }
+    bool requests_pending() const {
+        std::lock_guard lock(mutex_);
+        return !requests_.empty();
+    }
+    // Waits for the destination's Done; returns its digest.
+    std::uint64_t wait_done() {
+        std::unique_lock lock(mutex_);
+        if (!cv_.wait_for(lock, kDoneTimeout, [&] { return done_ || failure_; }))
+            throw Error(ETIMEDOUT, "the destination did not confirm the migration within " +
+                                       std::to_string(kDoneTimeout.count()) + " s");
+        if (failure_) std::rethrow_exception(failure_);
+        return *done_;
+    }
+    void join() {
+        if (thread_.joinable()) thread_.join();
+    }
+
+private:
+    void loop() {
+        try {
+            for (;;) {
+                const Record& r = reader_.next();
+                std::lock_guard lock(mutex_);
+                if (r.type == RecordType::Request) {
+                    requests_.push_back(r.index);
+                } else if (r.type == RecordType::Done) {
+                    done_ = r.value;
+                    cv_.notify_all();
+                    return;
+                } else if (r.type == RecordType::Failed) {
+                    failure_ = std::make_exception_ptr(
+                        Error(EREMOTEIO, "the destination failed: " + r.message));
+                    cv_.notify_all();
+                    return;
+                } else {
+                    throw Error(EPROTO, "unexpected record on the return path");
+                }
+            }
+        } catch (const Error& e) {
+            std::lock_guard lock(mutex_);
+            if (!failure_)
+                failure_ = std::make_exception_ptr(Error(
+                    e.errnum(), std::string("return path from the destination: ") + e.what()));
+            cv_.notify_all();
+        }
+    }
+
+    StreamReader reader_;
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<std::uint64_t> requests_;
+    std::optional<std::uint64_t> done_;
+    std::exception_ptr failure_;
+    std::jthread thread_;
+};
+
+MigrationSource::MigrationSource(MigratableGuest& guest, Channel& channel, MigrationOptions options,
+                                 Progress progress)
+    : guest_(guest), channel_(channel), options_(options), progress_(std::move(progress)) {
+    if (options_.max_rounds == 0) throw Error(EINVAL, "migration: max_rounds must be at least 1");
+}
+
+void MigrationSource::check_cancel_and_failures(const ReturnPath& rp) {
+    if (auto e = guest_.failure()) std::rethrow_exception(e);
+    rp.check();
+    if (cancelled_.load(std::memory_order_acquire))
+        throw Error(ECANCELED, "migration cancelled; the source guest keeps running");
+}
+
+void MigrationSource::send_page(StreamWriter& writer, std::uint64_t page) {
+    sent_->set(page, writer.page(page, guest_.memory() + page * kStreamPageSize));
+}
+
+std::uint64_t MigrationSource::send_dirty(StreamWriter& writer, const ReturnPath& rp) {
+    std::uint64_t sent = 0;
+    for (std::uint64_t w = 0; w < migration_.size(); ++w) {
+        while (migration_[w]) {
+            const auto bit = static_cast<std::uint64_t>(std::countr_zero(migration_[w]));
+            migration_[w] &= migration_[w] - 1;
+            const std::uint64_t page = w * 64 + bit;
+            send_page(writer, page);
+            if (++sent % 256 == 0) check_cancel_and_failures(rp);
+        }
+    }
+    return sent;
+}
+
+void MigrationSource::send_vcpus(StreamWriter& writer) {
+    for (unsigned i = 0; i < guest_.vcpus(); ++i) writer.vcpu_state(i, guest_.save_vcpu(i));
+}
+
+void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceReport& report) {
+    const auto stop = Clock::now();
+    guest_.stop();
+    guest_.harvest_into(migration_);
+
+    // Pages the destination holds stale copies of: it discards them, so
+    // that its vCPUs fault on them and request them.
+    std::vector<PageRun> stale;
+    for (std::uint64_t p = 0; p < guest_.pages(); ++p) {
+        if (!test_bit(migration_, p)) continue;
+        if (!stale.empty() && stale.back().first + stale.back().count == p)
+            ++stale.back().count;
+        else
+            stale.push_back({p, 1});
+    }
+    send_vcpus(writer);
+    writer.postcopy(stale);
+    report.downtime = Clock::now() - stop;
+    report.mode = "postcopy";
+
+    // Requested pages first, the rest behind them.
+    std::uint64_t cursor = 0;
+    std::uint64_t background = 0;
+    for (;;) {
+        rp.check();
+        if (auto page = rp.pop_request()) {
+            ++report.postcopy_requests;
+            if (take_bit(migration_, *page)) {
+                send_page(writer, *page);
+                writer.flush();
+            }
+            continue;
+        }
+        while (cursor < guest_.pages() && !test_bit(migration_, cursor)) ++cursor;
+        if (cursor == guest_.pages()) break;
+        take_bit(migration_, cursor);
+        send_page(writer, cursor);
+        // Small batches: a requested page never queues behind more than a
+        // few background pages in the (rate-limited) channel.
+        if (++background % kPostcopyBatch == 0 || rp.requests_pending()) writer.flush();
+    }
+    report.digest = sent_->digest();
+    writer.end(report.digest);
+}
+
+SourceReport MigrationSource::run() {
+    const auto start = Clock::now();
+    const std::uint64_t pages = guest_.pages();
+    SourceReport report;
+    report.mode = "precopy";
+    StreamWriter writer(channel_);
+    ReturnPath rp(channel_, pages);
+    // The return path's thread ends when the channel does.
+    struct Shutdown {
+        Channel& channel;
+        ReturnPath& rp;
+        ~Shutdown() {
+            channel.shutdown();
+            rp.join();
+        }
+    } shutdown{channel_, rp};
+
+    bool guest_left = false;  // its state is on the destination now
+    bool stopped = false;
+    try {
+        channel_.set_bandwidth_limit(options_.bandwidth_limit);
+        writer.header(pages, guest_.vcpus(), guest_.kind());
+        // Start a clean dirty cycle, then send everything once.
+        migration_.assign((pages + 63) / 64, 0);
+        sent_.emplace(pages);
+        guest_.harvest_into(migration_);
+        migration_.assign((pages + 63) / 64, ~0ULL);
+        if (pages % 64) migration_.back() = (1ULL << (pages % 64)) - 1;
+
+        for (unsigned round = 1;; ++round) {
+            const auto round_start = Clock::now();
+            const auto bytes_before = channel_.bytes_written();
+            const std::uint64_t sent = send_dirty(writer, rp);
+            writer.round_end(round, sent);
+            writer.flush();
+            const std::uint64_t dirty = guest_.harvest_into(migration_);
+            const auto round_time = Clock::now() - round_start;
+            const double seconds = std::chrono::duration<double>(round_time).count();
+
+            RoundProgress p;
+            p.round = round;
+            p.pages_sent = sent;
+            p.dirty_pages = dirty;
+            p.dirty_rate = seconds > 0 ? static_cast<double>(dirty) / seconds : 0;
+            p.bandwidth =
+                seconds > 0 ? static_cast<double>(channel_.bytes_written() - bytes_before) / seconds
+                            : 0;
+            p.pending_bytes = dirty * kStreamPageSize;
+            p.expected_downtime =
+                p.bandwidth > 0 ? std::chrono::nanoseconds(static_cast<std::int64_t>(
+                                      static_cast<double>(p.pending_bytes) / p.bandwidth * 1e9))
+                                : std::chrono::nanoseconds(0);
+            p.elapsed = Clock::now() - start;
+            report.rounds = round;
+            report.expected_downtime = p.expected_downtime;
+            if (progress_) progress_(p);
+            check_cancel_and_failures(rp);
+
+            const bool converged = p.expected_downtime <= options_.downtime_limit;
+            if (converged && !options_.postcopy) {
+                report.converged = true;
+                break;
+            }
+            if (options_.postcopy ||
+                (round >= options_.max_rounds && options_.postcopy_if_not_converged)) {
+                guest_left = true;
+                stopped = true;
+                postcopy(writer, rp, report);
+                break;
+            }
+            if (round >= options_.max_rounds) break;  // forced switch-over
+        }
+
+        if (!guest_left) {  // precopy switch-over
+            const auto stop = Clock::now();
+            stopped = true;
+            guest_.stop();
+            guest_.harvest_into(migration_);
+            send_dirty(writer, rp);
+            send_vcpus(writer);
+            report.digest = sent_->digest();
+            // Until the destination confirms, the guest is still the source's.
+            writer.end(report.digest);
+            if (rp.wait_done() != report.digest)
+                throw Error(EIO, "the destination's memory digest differs from the source's");
+            report.downtime = Clock::now() - stop;
+            // The destination runs the guest now: whatever follows, this
+            // side must not run it too.
+            guest_left = true;
+        } else if (rp.wait_done() != report.digest) {
+            throw Error(EIO, "the destination's memory digest differs from the source's");
+        }
+        // The proof, off the downtime's path: the stopped source's memory is
+        // what it sent last of every page.  A difference is a write the
+        // dirty tracking missed.
+        const MemoryDigest actual = MemoryDigest::of(guest_.memory(), pages);
+        const std::uint64_t diff = actual.first_difference(*sent_);
+        if (diff != pages)
+            throw Error(EIO, "page " + std::to_string(diff) +
+                                 " of the stopped source differs from what was sent last: a write "
+                                 "the dirty tracking missed; the destination's copy is stale");
+    } catch (const Error& e) {
+        if (!guest_left) {
+            // Precopy or cancel: the source guest goes on as if nothing happened.
+            if (e.errnum() == ECANCELED) {
+                try {
+                    writer.cancel();
+                } catch (const Error&) {
+                    // The destination is gone already: nothing to tell it.
+                }
+            }
+            if (stopped) guest_.start();
+        }
+        throw;
+    }
+    report.pages_sent = writer.zero_pages() + writer.data_pages();
+    report.zero_pages = writer.zero_pages();
+    report.bytes_sent = channel_.bytes_written();
+    report.total_time = Clock::now() - start;
+    return report;
+}
+
+}  // namespace dirtyring
