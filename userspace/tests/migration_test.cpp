@@ -273,8 +273,10 @@ bool keeps_running(MigratableGuest& guest) {
 struct Destination {
     bool snapshot = true;
     SnapshotGuest* guest = nullptr;
+    std::function<void()> on_start;  // when the guest is built, before it runs
     MigrationDestination::GuestFactory factory() {
         return [this](std::uint32_t, std::byte* memory, std::uint64_t pages, unsigned vcpus) {
+            if (on_start) on_start();
             auto g = std::make_unique<SnapshotGuest>(
                 KvmWorkload::destination(small_guest(vcpus), memory, pages, vcpus), snapshot);
             guest = g.get();
@@ -285,10 +287,12 @@ struct Destination {
 
 // A destination receiving from `wire` on its own thread.
 struct Receiving {
-    explicit Receiving(Channel& wire, bool snapshot = true)
-        : d{snapshot},
-          destination(wire, d.factory()),
-          received(std::async(std::launch::async, [this] { return destination.run(); })) {}
+    explicit Receiving(Channel& wire, bool snapshot = true, Channel* preempt = nullptr,
+                       std::function<void()> on_start = {})
+        : d{snapshot, nullptr, std::move(on_start)}, destination(wire, d.factory()) {
+        if (preempt) destination.use_preempt_channel(*preempt);
+        received = std::async(std::launch::async, [this] { return destination.run(); });
+    }
 
     Destination d;
     MigrationDestination destination;
@@ -365,6 +369,59 @@ TEST(MigrationPostcopy, VcpusFaultRequestAndGetTheSourcesPages) {
         EXPECT_GT(r.d.guest->kvm().next_value(i), r.d.guest->kvm().restored_value(i))
             << "vCPU " << i;
     }
+}
+
+TEST(MigrationPostcopy, WithAPreemptChannelEveryRequestIsAnsweredOnIt) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto [psrc, pdst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    Receiving r(dst, false, &pdst);
+    MigrationOptions options;
+    options.postcopy = true;
+    options.bandwidth_limit = 2 << 20;  // slow background stream: vCPUs must ask
+    MigrationSource source(*guest, src, options);
+    source.use_preempt_channel(psrc);
+    const auto report = source.run();
+    const auto dest_report = r.received.get();
+
+    EXPECT_EQ("postcopy", report.mode);
+    EXPECT_EQ(report.digest, dest_report.digest);
+    EXPECT_GT(report.postcopy_requests, 0U);
+    // Each request answered is one page on the preempt channel, and the
+    // destination read every one of them before it verified the memory.
+    EXPECT_EQ(report.postcopy_requests, report.preempt_pages);
+    EXPECT_EQ(report.preempt_pages, dest_report.preempt_pages);
+    EXPECT_EQ(report.pages_sent, dest_report.pages_received);
+    EXPECT_LE(report.postcopy_requests, dest_report.postcopy_requests);
+    ASSERT_NE(nullptr, r.d.guest);
+    EXPECT_TRUE(keeps_running(*r.d.guest));
+    r.d.guest->stop();
+    for (unsigned i = 0; i < 2; ++i)
+        EXPECT_EQ(guest->next_value(i), r.d.guest->kvm().restored_value(i)) << "vCPU " << i;
+}
+
+TEST(MigrationPostcopy, APrecopyWithAPreemptChannelNeverUsesIt) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto [psrc, pdst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(1));
+    guest->start();
+    Receiving r(dst, true, &pdst);
+    MigrationOptions options;
+    options.downtime_limit = 1000ms;
+    options.postcopy_if_not_converged = false;
+    MigrationSource source(*guest, src, options);
+    source.use_preempt_channel(psrc);
+    const auto report = source.run();
+    const auto dest_report = r.received.get();
+    EXPECT_EQ("precopy", report.mode);
+    EXPECT_EQ(report.digest, dest_report.digest);
+    EXPECT_EQ(0U, report.preempt_pages);
+    EXPECT_EQ(0U, dest_report.preempt_pages);
+    EXPECT_EQ(sizeof(dirtyring::StreamHeader), psrc.bytes_written());  // the header alone
 }
 
 // A source whose dirty tracking never reports one page the guest keeps
@@ -474,6 +531,34 @@ TEST(MigrationFailure, ConnectionBrokenMidPostcopyEndsBothSidesWithoutAHang) {
     EXPECT_NE(nullptr, r.d.guest);
 }
 
+TEST(MigrationFailure, PreemptChannelBrokenMidPostcopyEndsBothSidesWithoutAHang) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto [psrc, pdst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    // Broken as postcopy starts, before any vCPU ran there: no request
+    // can be answered, and the background stream needs seconds.
+    Receiving r(dst, false, &pdst, [&pdst] { pdst.shutdown(); });
+    MigrationOptions options;
+    options.postcopy = true;
+    options.bandwidth_limit = 1 << 20;
+    MigrationSource source(*guest, src, options);
+    source.use_preempt_channel(psrc);
+    std::string message;
+    const int err = errno_of([&] { source.run(); }, &message);
+    EXPECT_TRUE(err == EPIPE || err == ECONNRESET) << message;
+    EXPECT_NE(std::string::npos, message.find("preempt channel")) << message;
+    const int dest_err = errno_of([&] { r.received.get(); }, &message);
+    // Its requests fail first (EPIPE), or the main stream's end (ECONNRESET).
+    EXPECT_TRUE(dest_err == EPIPE || dest_err == ECONNRESET) << message;
+    if (dest_err == EPIPE) {
+        EXPECT_NE(std::string::npos, message.find("preempt channel")) << message;
+    }
+    EXPECT_NE(nullptr, r.d.guest);
+}
+
 // A hand-written source: a header and one page, then what the test says.
 void header_and_one_page(StreamWriter& w) {
     w.header(64, 1, 1);
@@ -506,6 +591,59 @@ TEST(MigrationFailure, EndWithTheWrongDigestIsRefusedAndTheSourceIsTold) {
     EXPECT_EQ(RecordType::Failed, told.type);
     EXPECT_NE(std::string::npos, told.message.find("do not add up")) << told.message;
 }
+
+// Main and preempt headers that do not make one migration, as a
+// destination sees them; flags of -1: no preempt channel on that side.
+struct PreemptMismatch {
+    const char* name;
+    std::uint32_t main_flags;
+    std::int64_t preempt_flags;  // what the source writes on the preempt channel
+    bool destination_has_preempt;
+    std::uint64_t preempt_pages;
+    const char* says;
+};
+
+class PreemptChannelRefused : public testing::TestWithParam<PreemptMismatch> {};
+
+TEST_P(PreemptChannelRefused, WithAClearError) {
+    const PreemptMismatch& m = GetParam();
+    auto [src, dst] = channel_pair();
+    auto [psrc, pdst] = channel_pair();
+    StreamWriter(src).header(64, 1, 1, m.main_flags);
+    src.flush();
+    if (m.preempt_flags >= 0) {
+        StreamWriter(psrc).header(m.preempt_pages, 1, 1,
+                                  static_cast<std::uint32_t>(m.preempt_flags));
+        psrc.flush();
+    }
+    Receiving r(dst, true, m.destination_has_preempt ? &pdst : nullptr);
+    std::string message;
+    EXPECT_EQ(EPROTO, errno_of([&] { r.received.get(); }, &message)) << message;
+    EXPECT_NE(std::string::npos, message.find(m.says)) << message;
+    EXPECT_EQ(nullptr, r.d.guest);
+    // The source is told why.
+    StreamReader back(src, 64);
+    EXPECT_EQ(RecordType::Failed, back.next().type);
+}
+
+constexpr std::uint32_t kBoth = dirtyring::kStreamPreempt | dirtyring::kStreamPreemptChannel;
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, PreemptChannelRefused,
+    testing::Values(PreemptMismatch{"source_has_one_destination_not", dirtyring::kStreamPreempt,
+                                    kBoth, false, 64,
+                                    "the source uses a preempt channel; this destination has none"},
+                    PreemptMismatch{"destination_has_one_source_not", 0, -1, true, 64,
+                                    "this destination has a preempt channel; the source has none"},
+                    PreemptMismatch{"preempt_channel_as_the_main_stream", kBoth, -1, false, 64,
+                                    "is a preempt channel, not the main stream"},
+                    PreemptMismatch{"main_stream_as_the_preempt_channel", dirtyring::kStreamPreempt,
+                                    dirtyring::kStreamPreempt, true, 64,
+                                    "not this migration's preempt"},
+                    PreemptMismatch{"another_migrations_preempt_channel", dirtyring::kStreamPreempt,
+                                    kBoth, true, 32, "not this migration's preempt"},
+                    PreemptMismatch{"unknown_flag", 4, -1, false, 64, "unknown flags 4"}),
+    [](const auto& p) { return std::string(p.param.name); });
 
 TEST(MigrationOptionsTest, ZeroRoundsIsRefused) {
     auto [src, dst] = channel_pair();

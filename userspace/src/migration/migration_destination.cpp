@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "dirtyring/base/error.hpp"
@@ -20,17 +21,22 @@ using Clock = std::chrono::steady_clock;
 // Postcopy's page requests go back to the source on the return path.
 class ReturnPathSource : public PageSource {
 public:
-    ReturnPathSource(Channel& channel, const std::byte* memory)
-        : writer_(channel), memory_(memory) {}
+    ReturnPathSource(Channel& channel, const std::byte* memory, const char* name)
+        : writer_(channel), memory_(memory), name_(name) {}
     void request(const PageRequest& r) override {
-        writer_.request(
-            static_cast<std::uint64_t>(static_cast<const std::byte*>(r.host) - memory_) /
-            kStreamPageSize);
+        try {
+            writer_.request(
+                static_cast<std::uint64_t>(static_cast<const std::byte*>(r.host) - memory_) /
+                kStreamPageSize);
+        } catch (const Error& e) {
+            throw Error(e.errnum(), std::string("page request on the ") + name_ + ": " + e.what());
+        }
     }
 
 private:
     StreamWriter writer_;
     const std::byte* memory_;
+    const char* name_;
 };
 }  // namespace
 
@@ -67,11 +73,24 @@ DestinationReport MigrationDestination::receive() {
     StreamWriter writer(channel_);
     const StreamHeader header = reader.header(limits_.max_pages, limits_.max_vcpus);
     const std::uint64_t pages = header.pages;
+    if (header.flags & kStreamPreemptChannel)
+        throw Error(EPROTO, "the migration connection is a preempt channel, not the main stream");
+    if (!(header.flags & kStreamPreempt) != !preempt_)
+        throw Error(EPROTO, preempt_
+                                ? "this destination has a preempt channel; the source has none"
+                                : "the source uses a preempt channel; this destination has none");
+    if (preempt_) {
+        const StreamHeader p = StreamReader(*preempt_).header(limits_.max_pages, limits_.max_vcpus);
+        if (p.flags != (kStreamPreempt | kStreamPreemptChannel) || p.pages != header.pages ||
+            p.vcpus != header.vcpus || p.guest != header.guest)
+            throw Error(EPROTO, "the second connection is not this migration's preempt channel");
+    }
     memory_ = Mapping::anonymous(pages * kStreamPageSize, "destination guest memory");
     auto* memory = memory_.as<std::byte>();
     MemoryDigest received(pages);
     std::vector<std::vector<std::byte>> vcpu_states(header.vcpus);
-    requests_ = std::make_unique<ReturnPathSource>(channel_, memory);
+    requests_ = std::make_unique<ReturnPathSource>(preempt_ ? *preempt_ : channel_, memory,
+                                                   preempt_ ? "preempt channel" : "return path");
     std::optional<Postcopy>& postcopy = postcopy_;
     // On any error, release faulting vCPUs before the guest is torn down.
     struct StopPostcopy {
@@ -80,6 +99,45 @@ DestinationReport MigrationDestination::receive() {
             if (p) p->stop();
         }
     } stop_postcopy{postcopy};
+    // The preempt channel's reader: requested pages, then the source's End.
+    std::jthread preempt_reader;
+    std::exception_ptr preempt_failure;
+    std::optional<std::uint64_t> preempt_end;
+    std::uint64_t preempt_pages = 0;
+    const auto read_preempt = [&] {
+        try {
+            StreamReader pr(*preempt_, pages);
+            for (;;) {
+                const Record& r = pr.next();
+                if (r.type == RecordType::End) {
+                    preempt_end = r.value;
+                    return;
+                }
+                if (r.type == RecordType::Page)
+                    postcopy->place_page(memory + r.index * kStreamPageSize,
+                                         std::span(r.data, kStreamPageSize));
+                else if (r.type == RecordType::ZeroPage)
+                    postcopy->place_zero_page(memory + r.index * kStreamPageSize);
+                else
+                    throw Error(EPROTO, "malformed preempt channel: a record other than a page");
+                received.set(r.index, r.hash);
+                ++preempt_pages;
+            }
+        } catch (const Error& e) {
+            preempt_failure = std::make_exception_ptr(
+                Error(e.errnum(), std::string("preempt channel: ") + e.what()));
+        }
+    };
+    // On any error the reader is woken and joined, before postcopy stops.
+    struct JoinPreempt {
+        Channel* channel;
+        std::jthread& reader;
+        ~JoinPreempt() {
+            if (!reader.joinable()) return;
+            channel->shutdown();
+            reader.join();
+        }
+    } join_preempt{preempt_, preempt_reader};
     const auto start_guest = [&] {
         for (unsigned i = 0; i < header.vcpus; ++i)
             if (vcpu_states[i].empty())
@@ -139,6 +197,7 @@ DestinationReport MigrationDestination::receive() {
                 postcopy.emplace(*requests_, Postcopy::Options{.vcpus = header.vcpus});
                 postcopy->add_range(memory, pages * kStreamPageSize);
                 postcopy->start();
+                if (preempt_) preempt_reader = std::jthread(read_preempt);
                 report.mode = "postcopy";
                 start_guest();
                 break;
@@ -146,6 +205,15 @@ DestinationReport MigrationDestination::receive() {
             case RecordType::Cancel:
                 throw Error(ECANCELED, "the source cancelled the migration");
             case RecordType::End: {
+                if (preempt_reader.joinable()) {
+                    // The source ends the preempt channel before this stream.
+                    preempt_reader.join();
+                    if (preempt_failure) std::rethrow_exception(preempt_failure);
+                    if (preempt_end != r.value)
+                        throw Error(EIO, "the preempt channel's digest differs from the stream's");
+                    report.preempt_pages = preempt_pages;
+                    report.pages_received += preempt_pages;
+                }
                 if (received.digest() != r.value)
                     throw Error(EIO,
                                 "the pages received do not add up to the source's memory at the "

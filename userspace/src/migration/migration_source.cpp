@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 #include "dirtyring/migration/migration_source.hpp"
 
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <condition_variable>
@@ -19,14 +20,14 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kDoneTimeout = std::chrono::seconds(60);
 constexpr std::uint64_t kPostcopyBatch = 8;
 
-bool test_bit(const std::vector<std::uint64_t>& bits, std::uint64_t page) {
-    return (bits[page / 64] >> (page % 64)) & 1;
+// Atomic: in postcopy the preempt channel's thread takes pages too.
+bool test_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
+    return (std::atomic_ref(bits[page / 64]).load(std::memory_order_relaxed) >> (page % 64)) & 1;
 }
 
 bool take_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
-    const bool was = test_bit(bits, page);
-    bits[page / 64] &= ~(1ULL << (page % 64));
-    return was;
+    const std::uint64_t bit = 1ULL << (page % 64);
+    return std::atomic_ref(bits[page / 64]).fetch_and(~bit, std::memory_order_relaxed) & bit;
 }
 
 }  // namespace
@@ -106,6 +107,74 @@ private:
     std::jthread thread_;
 };
 
+// Answers postcopy requests on the preempt channel, each as it comes: the
+// requested page goes out at once, whether or not the background stream has
+// taken it already (it may still be queued behind the bandwidth limit; the
+// destination places whichever copy comes first, and both are the stopped
+// guest's page).
+class MigrationSource::PreemptServer {
+public:
+    PreemptServer(MigrationSource& source, Channel& channel)
+        : source_(source), channel_(channel), writer_(channel) {
+        thread_ = std::jthread([this] { loop(); });
+    }
+    ~PreemptServer() = default;  // the owner shuts the channel down first
+
+    void check() const {
+        std::lock_guard lock(mutex_);
+        if (failure_) std::rethrow_exception(failure_);
+    }
+    // After the last background page: no page goes out here after End.
+    void finish(std::uint64_t digest) {
+        std::lock_guard lock(mutex_);
+        if (failure_) std::rethrow_exception(failure_);
+        finished_ = true;
+        writer_.end(digest);
+    }
+    void join() {
+        if (thread_.joinable()) thread_.join();
+    }
+    // After join().
+    std::uint64_t answered() const noexcept { return answered_; }
+    std::uint64_t pages_sent() const noexcept {
+        return writer_.zero_pages() + writer_.data_pages();
+    }
+    std::uint64_t zero_pages() const noexcept { return writer_.zero_pages(); }
+
+private:
+    void loop() {
+        try {
+            StreamReader reader(channel_, source_.guest_.pages());
+            for (;;) {
+                const Record& r = reader.next();
+                if (r.type != RecordType::Request)
+                    throw Error(EPROTO, "unexpected record on the preempt channel");
+                std::lock_guard lock(mutex_);
+                if (finished_) continue;  // every page went out already
+                ++answered_;
+                take_bit(source_.migration_, r.index);
+                source_.send_page(writer_, r.index);
+                writer_.flush();
+            }
+        } catch (const Error& e) {
+            std::lock_guard lock(mutex_);
+            // After finish() the channel's end is expected.
+            if (!finished_ && !failure_)
+                failure_ = std::make_exception_ptr(
+                    Error(e.errnum(), std::string("preempt channel: ") + e.what()));
+        }
+    }
+
+    MigrationSource& source_;
+    Channel& channel_;
+    StreamWriter writer_;  // under mutex_
+    mutable std::mutex mutex_;
+    bool finished_ = false;
+    std::uint64_t answered_ = 0;
+    std::exception_ptr failure_;
+    std::jthread thread_;
+};
+
 MigrationSource::MigrationSource(MigratableGuest& guest, Channel& channel, MigrationOptions options,
                                  Progress progress)
     : guest_(guest), channel_(channel), options_(options), progress_(std::move(progress)) {
@@ -141,7 +210,8 @@ void MigrationSource::send_vcpus(StreamWriter& writer) {
     for (unsigned i = 0; i < guest_.vcpus(); ++i) writer.vcpu_state(i, guest_.save_vcpu(i));
 }
 
-void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceReport& report) {
+void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
+                               SourceReport& report) {
     const auto stop = Clock::now();
     guest_.stop();
     guest_.harvest_into(migration_);
@@ -166,7 +236,9 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
     std::uint64_t background = 0;
     for (;;) {
         rp.check();
-        if (auto page = rp.pop_request()) {
+        if (preempt) {
+            preempt->check();
+        } else if (auto page = rp.pop_request()) {
             ++report.postcopy_requests;
             if (take_bit(migration_, *page)) {
                 send_page(writer, *page);
@@ -176,12 +248,16 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, SourceRepor
         }
         while (cursor < guest_.pages() && !test_bit(migration_, cursor)) ++cursor;
         if (cursor == guest_.pages()) break;
-        take_bit(migration_, cursor);
+        if (!take_bit(migration_, cursor)) continue;  // the preempt channel sent it
         send_page(writer, cursor);
-        // Small batches: a requested page never queues behind more than a
-        // few background pages in the (rate-limited) channel.
-        if (++background % kPostcopyBatch == 0 || rp.requests_pending()) writer.flush();
+        // Without a preempt channel, small batches: a requested page never
+        // queues behind more than a few background pages in the
+        // (rate-limited) channel.
+        if (!preempt && (++background % kPostcopyBatch == 0 || rp.requests_pending()))
+            writer.flush();
     }
+    // The preempt thread's pages are in sent_ once finish() took its lock.
+    if (preempt) preempt->finish(sent_->digest());
     report.digest = sent_->digest();
     writer.end(report.digest);
 }
@@ -193,24 +269,36 @@ SourceReport MigrationSource::run() {
     report.mode = "precopy";
     StreamWriter writer(channel_);
     ReturnPath rp(channel_, pages);
-    // The return path's thread ends when the channel does.
+    std::optional<PreemptServer> preempt;
+    // The return path's and the preempt channel's threads end when their
+    // channels do.
     struct Shutdown {
         Channel& channel;
         ReturnPath& rp;
+        Channel* preempt_channel;
+        std::optional<PreemptServer>& preempt;
         ~Shutdown() {
             channel.shutdown();
+            if (preempt_channel) preempt_channel->shutdown();
             rp.join();
+            if (preempt) preempt->join();
         }
-    } shutdown{channel_, rp};
+    } shutdown{channel_, rp, preempt_, preempt};
 
     bool guest_left = false;  // its state is on the destination now
     bool stopped = false;
     try {
         channel_.set_bandwidth_limit(options_.bandwidth_limit);
-        writer.header(pages, guest_.vcpus(), guest_.kind());
+        writer.header(pages, guest_.vcpus(), guest_.kind(), preempt_ ? kStreamPreempt : 0);
+        if (preempt_) {
+            StreamWriter(*preempt_).header(pages, guest_.vcpus(), guest_.kind(),
+                                           kStreamPreempt | kStreamPreemptChannel);
+            preempt_->flush();
+        }
         // Start a clean dirty cycle, then send everything once.
         migration_.assign((pages + 63) / 64, 0);
         sent_.emplace(pages);
+        if (preempt_) preempt.emplace(*this, *preempt_);
         guest_.harvest_into(migration_);
         migration_.assign((pages + 63) / 64, ~0ULL);
         if (pages % 64) migration_.back() = (1ULL << (pages % 64)) - 1;
@@ -253,7 +341,7 @@ SourceReport MigrationSource::run() {
                 (round >= options_.max_rounds && options_.postcopy_if_not_converged)) {
                 guest_left = true;
                 stopped = true;
-                postcopy(writer, rp, report);
+                postcopy(writer, rp, preempt ? &*preempt : nullptr, report);
                 break;
             }
             if (round >= options_.max_rounds) break;  // forced switch-over
@@ -304,6 +392,15 @@ SourceReport MigrationSource::run() {
     report.pages_sent = writer.zero_pages() + writer.data_pages();
     report.zero_pages = writer.zero_pages();
     report.bytes_sent = channel_.bytes_written();
+    if (preempt) {
+        preempt_->shutdown();
+        preempt->join();
+        report.postcopy_requests += preempt->answered();
+        report.pages_sent += preempt->pages_sent();
+        report.zero_pages += preempt->zero_pages();
+        report.preempt_pages = preempt->pages_sent();
+        report.bytes_sent += preempt_->bytes_written();
+    }
     report.total_time = Clock::now() - start;
     return report;
 }

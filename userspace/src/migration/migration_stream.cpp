@@ -141,7 +141,8 @@ void StreamWriter::record(RecordType type, std::span<const std::byte> payload, b
         channel_.write(payload);
 }
 
-void StreamWriter::header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest) {
+void StreamWriter::header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest,
+                          std::uint32_t flags) {
     StreamHeader h{};
     std::memcpy(h.magic, kMagic, sizeof(kMagic));
     h.version = kStreamVersion;
@@ -149,6 +150,7 @@ void StreamWriter::header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_
     h.pages = pages;
     h.vcpus = vcpus;
     h.guest = guest;
+    h.flags = flags;
     channel_.write(std::as_bytes(std::span(&h, 1)));
 }
 
@@ -242,7 +244,7 @@ StreamHeader StreamReader::header(std::uint64_t max_pages, std::uint32_t max_vcp
     if (h.page_size != kStreamPageSize)
         throw Error(EPROTO, "migration stream of " + std::to_string(h.page_size) +
                                 "-byte pages, expected " + std::to_string(kStreamPageSize));
-    if (h.flags || h.reserved)
+    if ((h.flags & ~kStreamKnownFlags) || h.reserved)
         throw Error(EPROTO, "migration stream with unknown flags " + std::to_string(h.flags) +
                                 " or a non-zero reserved word");
     if (h.pages == 0 || h.pages > max_pages)

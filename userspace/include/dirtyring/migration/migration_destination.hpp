@@ -47,6 +47,7 @@ struct DestinationReport {
     // JSON members of QEMU's query-migrate).
     std::uint64_t postcopy_faults = 0;
     std::uint64_t postcopy_requests = 0;
+    std::uint64_t preempt_pages = 0;  // of pages_received, those on the preempt channel
     std::string blocktime_json;
 };
 
@@ -65,6 +66,12 @@ public:
         : MigrationDestination(channel, std::move(factory), Limits{}) {}
     ~MigrationDestination();
 
+    // Postcopy requests go out, and their pages come in, on `preempt`: the
+    // second connection of a source that has one (kStreamPreempt), read by
+    // a thread of run()'s while the main stream streams the rest.  Before
+    // run().
+    void use_preempt_channel(Channel& preempt) noexcept { preempt_ = &preempt; }
+
     DestinationReport run();
 
     // The migrated guest, running; only after run() returned.
@@ -74,6 +81,7 @@ private:
     DestinationReport receive();
 
     Channel& channel_;
+    Channel* preempt_ = nullptr;
     GuestFactory factory_;
     Limits limits_;
     Mapping memory_;

@@ -57,6 +57,7 @@ struct SourceReport {
     std::uint64_t zero_pages = 0;
     std::uint64_t bytes_sent = 0;
     std::uint64_t postcopy_requests = 0;
+    std::uint64_t preempt_pages = 0;  // pages answered on the preempt channel
     // Of the memory at the stop, as sent; checked after the migration against
     // the stopped source's memory itself.
     std::uint64_t digest = 0;
@@ -69,26 +70,38 @@ public:
     MigrationSource(MigratableGuest& guest, Channel& channel, MigrationOptions options,
                     Progress progress = {});
 
+    // Postcopy page requests and their answers travel on `preempt`, a
+    // second connection to the same destination with no bandwidth limit,
+    // never behind the main stream's background pages; a thread of run()'s
+    // answers each request as it comes.  Before run(); the destination must
+    // have one too.
+    void use_preempt_channel(Channel& preempt) noexcept { preempt_ = &preempt; }
+
     SourceReport run();
     void cancel() noexcept { cancelled_.store(true, std::memory_order_release); }
 
 private:
     class ReturnPath;
+    class PreemptServer;
 
     void check_cancel_and_failures(const ReturnPath& rp);
     // Sends one page and remembers the hash of what was sent.
     void send_page(StreamWriter& writer, std::uint64_t page);
     std::uint64_t send_dirty(StreamWriter& writer, const ReturnPath& rp);
     void send_vcpus(StreamWriter& writer);
-    void postcopy(StreamWriter& writer, ReturnPath& rp, SourceReport& report);
+    void postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
+                  SourceReport& report);
 
     MigratableGuest& guest_;
     Channel& channel_;
+    Channel* preempt_ = nullptr;
     MigrationOptions options_;
     Progress progress_;
     std::atomic<bool> cancelled_{false};
-    std::vector<std::uint64_t> migration_;  // pages still to send, one bit each
-    std::optional<MemoryDigest> sent_;      // hash of what was sent last of each page
+    // Pages still to send, one bit each; in postcopy the preempt channel's
+    // thread takes bits too (atomically).
+    std::vector<std::uint64_t> migration_;
+    std::optional<MemoryDigest> sent_;  // hash of what was sent last of each page
 };
 
 }  // namespace dirtyring

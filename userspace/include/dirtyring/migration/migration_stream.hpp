@@ -5,6 +5,11 @@
 // Layout (little-endian, as the x86 hosts it runs on):
 //   header   StreamHeader, once, from the source
 //   records  RecordHeader {type, length} then `length` bytes of payload
+// A migration with a preempt channel (kStreamPreempt in the main header)
+// has a second connection of its own, which starts with a header flagged
+// kStreamPreemptChannel: on it the destination's Requests go to the source
+// and the requested pages come back, then End, never behind the main
+// stream's background pages or its bandwidth limit.
 // Source -> destination: Page (index, hash, data), ZeroPage (index),
 // RoundEnd, VcpuState, Postcopy (runs of pages to discard, then postcopy
 // begins), End (digest of all memory at the stop), Cancel.
@@ -23,6 +28,7 @@
 // path of the same Channel.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -42,9 +48,14 @@ struct StreamHeader {
     std::uint64_t pages;
     std::uint32_t vcpus;
     std::uint32_t guest;  // MigratableGuest::kind(): what the destination builds
-    std::uint32_t flags;  // none defined: 0
+    std::uint32_t flags;  // kStreamPreempt, kStreamPreemptChannel
     std::uint32_t reserved;
 };
+
+// StreamHeader::flags.
+inline constexpr std::uint32_t kStreamPreempt = 1;         // a preempt channel serves postcopy
+inline constexpr std::uint32_t kStreamPreemptChannel = 2;  // this connection is that channel
+inline constexpr std::uint32_t kStreamKnownFlags = kStreamPreempt | kStreamPreemptChannel;
 
 enum class RecordType : std::uint32_t {
     Page = 1,
@@ -78,22 +89,32 @@ public:
     // Hashes every page of `memory` (pages() pages).
     static MemoryDigest of(const std::byte* memory, std::uint64_t pages);
 
-    void set(std::uint64_t page, std::uint64_t hash) { hashes_.at(page) = hash; }
-    std::uint64_t get(std::uint64_t page) const { return hashes_.at(page); }
+    // set() and get() may race (a page sent or received on two channels
+    // at once carries the same hash either way); digest() and
+    // first_difference() need every set() to have happened before them.
+    void set(std::uint64_t page, std::uint64_t hash) {
+        std::atomic_ref(hashes_.at(page)).store(hash, std::memory_order_relaxed);
+    }
+    std::uint64_t get(std::uint64_t page) const {
+        return std::atomic_ref(hashes_.at(page)).load(std::memory_order_relaxed);
+    }
     std::uint64_t pages() const noexcept { return hashes_.size(); }
     std::uint64_t digest() const noexcept;
     // The first page whose hash differs from `other`'s, or pages().
     std::uint64_t first_difference(const MemoryDigest& other) const noexcept;
 
 private:
-    std::vector<std::uint64_t> hashes_;
+    // Mutable: get() loads through std::atomic_ref, which C++20 has for
+    // non-const objects only.  Plain words, so digest() hashes them at once.
+    mutable std::vector<std::uint64_t> hashes_;
 };
 
 class StreamWriter {
 public:
     explicit StreamWriter(Channel& channel) : channel_(channel) {}
 
-    void header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest);
+    void header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest,
+                std::uint32_t flags = 0);
     // Sends the page as a ZeroPage when it is all zeros; returns the hash of
     // what was sent (the page may change under a running guest).
     std::uint64_t page(std::uint64_t index, const std::byte* data);
@@ -141,7 +162,9 @@ public:
     explicit StreamReader(Channel& channel, std::uint64_t pages = 0)
         : channel_(channel), pages_(pages) {}
 
-    // Reads and checks the source's header; sets pages().
+    // Reads and checks the source's header (flags outside kStreamKnownFlags
+    // refused; what the known ones mean is the caller's to check); sets
+    // pages().
     StreamHeader header(std::uint64_t max_pages, std::uint32_t max_vcpus);
     // Reads one record and checks it; Error(EPROTO) on anything malformed,
     // Error(ECONNRESET) when the connection ends.
