@@ -27,9 +27,10 @@ struct ToolRun {
     std::string output;
 };
 
-// Runs the tool with `args` (a shell word list), output and errors together.
-ToolRun run_tool(const std::string& args) {
-    const std::string cmd = std::string(DIRTYRING_MIGRATE) + " " + args + " 2>&1";
+// Runs the tool with `args` (a shell word list, redirections allowed);
+// what it writes to stdout.
+ToolRun run_tool_stdout(const std::string& args) {
+    const std::string cmd = std::string(DIRTYRING_MIGRATE) + " " + args;
     FILE* p = ::popen(cmd.c_str(), "r");
     if (!p) return {-1, "popen failed"};
     std::string out;
@@ -37,6 +38,11 @@ ToolRun run_tool(const std::string& args) {
     while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
     const int status = ::pclose(p);
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// Runs the tool with `args`, output and errors together.
+ToolRun run_tool(const std::string& args) {
+    return run_tool_stdout(args + " 2>&1");
 }
 
 // Everything the tools wrote to the pipe, once they all closed it; closes it.
@@ -94,6 +100,85 @@ INSTANTIATE_TEST_SUITE_P(
                     BadArgs{"bad_address", "dest --listen udp:1", "unknown kind"},
                     BadArgs{"source_without_address", "source", "needs --connect"}),
     [](const auto& p) { return std::string(p.param.name); });
+
+// Runs the tool with `args`; stdout and stderr apart.
+struct SplitRun {
+    int code;
+    std::string out, err;
+};
+
+SplitRun run_tool_split(const std::string& args) {
+    const std::string err_path =
+        "/tmp/dirtyring-migrate-test." + std::to_string(::getpid()) + ".err";
+    const ToolRun r = run_tool_stdout(args + " 2>" + err_path);
+    std::ifstream in(err_path);
+    std::stringstream err;
+    err << in.rdbuf();
+    ::unlink(err_path.c_str());
+    return {r.code, r.output, err.str()};
+}
+
+TEST(MigrateTool, HelpAndVersionGoToStdoutAndSucceed) {
+    const SplitRun help = run_tool_split("--help");
+    EXPECT_EQ(0, help.code);
+    EXPECT_TRUE(help.out.starts_with("usage: dirtyring-migrate")) << help.out;
+    EXPECT_NE(std::string::npos, help.out.find("exit status:")) << help.out;
+    EXPECT_EQ("", help.err);
+    const SplitRun version = run_tool_split("--version");
+    EXPECT_EQ(0, version.code);
+    EXPECT_TRUE(version.out.starts_with("dirtyring-migrate ")) << version.out;
+    EXPECT_EQ("", version.err);
+    // A usage error is on stderr, with the usage.
+    const SplitRun bad = run_tool_split("--turbo 1");
+    EXPECT_EQ(2, bad.code);
+    EXPECT_EQ("", bad.out);
+    EXPECT_NE(std::string::npos, bad.err.find("unknown option --turbo")) << bad.err;
+}
+
+TEST(MigrateTool, JsonToStdoutIsTheOnlyThingOnStdout) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const SplitRun r = run_tool_split("--memory 16 --working-set 4 --json -");
+    ASSERT_EQ(0, r.code) << r.out << r.err;
+    const auto j = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << "stdout is not one JSON document:\n" << r.out;
+    EXPECT_EQ(true, j["destination"]["memory_verified"]);
+    // The human lines of both sides are all on stderr.
+    EXPECT_NE(std::string::npos, r.err.find("round  1:")) << r.err;
+    EXPECT_NE(std::string::npos, r.err.find("destination: waiting for a source")) << r.err;
+    EXPECT_NE(std::string::npos, r.err.find("destination: received")) << r.err;
+}
+
+TEST(MigrateTool, AUnixSocketLeftByAKilledDestinationIsReplaced) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const std::string path = "/tmp/dirtyring-migrate-stale." + std::to_string(::getpid());
+    ::unlink(path.c_str());
+    const pid_t dest = ::fork();
+    if (dest == 0) {
+        die_with_the_test();
+        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "dest", "--listen", ("unix:" + path).c_str(),
+                nullptr);
+        ::_exit(127);
+    }
+    for (int i = 0; i < 500 && ::access(path.c_str(), F_OK); ++i) std::this_thread::sleep_for(20ms);
+    ::kill(dest, SIGKILL);
+    ::waitpid(dest, nullptr, 0);
+    ASSERT_EQ(0, ::access(path.c_str(), F_OK)) << "SIGKILL left no socket file to replace";
+    const ToolRun r = run_tool("--memory 16 --working-set 4 --address unix:" + path);
+    EXPECT_EQ(0, r.code) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("verified")) << r.output;
+}
+
+TEST(MigrateTool, TcpByHostName) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    ToolRun r{};
+    // A port nobody else's test takes; the next if it is in use.
+    for (unsigned port = 40000 + static_cast<unsigned>(::getpid()) % 20000;; ++port) {
+        r = run_tool("--memory 16 --working-set 4 --address tcp:localhost:" + std::to_string(port));
+        if (r.output.find("address in use") == std::string::npos) break;
+    }
+    EXPECT_EQ(0, r.code) << r.output;
+    EXPECT_NE(std::string::npos, r.output.find("verified")) << r.output;
+}
 
 TEST(MigrateTool, AddressInUseIsAUsageError) {
     const std::string path = "/tmp/dirtyring-migrate-test." + std::to_string(::getpid());
@@ -215,6 +300,73 @@ TEST(MigrateTool, SigintCancelsAndTheSourceGuestKeepsRunning) {
     EXPECT_NE(std::string::npos, out.find("the guest keeps running on the source")) << out;
     EXPECT_NE(std::string::npos, out.find("destination: migration failed: the source cancelled"))
         << out;
+}
+
+// A forked run in postcopy for long enough for a person to press Ctrl-C:
+// the first round (4 MiB at 1 MiB/s) leaves the whole working set dirty,
+// and the guest, rewriting 400 pages/s, asks for it no faster than the
+// background stream sends it: about a second and a half of postcopy.
+struct PostcopyRun {
+    pid_t pid = -1;
+    int out = -1;
+    std::string text;
+};
+
+PostcopyRun start_slow_postcopy() {
+    PostcopyRun run;
+    int pipefd[2];
+    if (::pipe(pipefd)) return run;
+    run.pid = ::fork();
+    if (run.pid == 0) {
+        die_with_the_test();
+        ::dup2(pipefd[1], 1);
+        ::dup2(pipefd[1], 2);
+        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "--postcopy", "--bandwidth", "1", "--memory",
+                "16", "--working-set", "4", "--dirty-rate", "400", nullptr);
+        ::_exit(127);
+    }
+    ::close(pipefd[1]);
+    run.out = pipefd[0];
+    return run;
+}
+
+int wait_exit(pid_t pid) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(MigrateTool, SigintInPostcopyIsRefusedAndTheMigrationFinishes) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    PostcopyRun run = start_slow_postcopy();
+    ASSERT_LT(0, run.pid);
+    ASSERT_TRUE(read_until(run.out, "switched to postcopy", run.text)) << run.text;
+    ::kill(run.pid, SIGINT);
+    const int code = wait_exit(run.pid);
+    run.text += drain(run.out);
+    EXPECT_EQ(0, code) << run.text;
+    EXPECT_NE(std::string::npos, run.text.find("source: cannot cancel")) << run.text;
+    EXPECT_EQ(std::string::npos, run.text.find("cancelling")) << run.text;
+    EXPECT_NE(std::string::npos, run.text.find("verified")) << run.text;
+}
+
+TEST(MigrateTool, ASecondSigintInPostcopyAbortsAndSaysTheGuestIsLost) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    PostcopyRun run = start_slow_postcopy();
+    ASSERT_LT(0, run.pid);
+    ASSERT_TRUE(read_until(run.out, "switched to postcopy", run.text)) << run.text;
+    ::kill(run.pid, SIGINT);
+    // Two signals sent at once may merge into one: the second after the
+    // first was seen.
+    ASSERT_TRUE(read_until(run.out, "source: cannot cancel", run.text)) << run.text;
+    ::kill(run.pid, SIGINT);
+    const int code = wait_exit(run.pid);
+    run.text += drain(run.out);
+    if (run.text.find("aborting") == std::string::npos)
+        GTEST_SKIP() << "the migration finished before the second signal:\n" << run.text;
+    EXPECT_EQ(3, code) << run.text;
+    EXPECT_NE(std::string::npos, run.text.find("source: the guest is lost")) << run.text;
+    EXPECT_NE(std::string::npos, run.text.find("destination: migration failed")) << run.text;
 }
 
 TEST(MigrateTool, KilledDestinationLeavesTheSourceGuestRunning) {

@@ -2,16 +2,21 @@
 #include "dirtyring/migration/channel.hpp"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -59,13 +64,66 @@ SockAddr to_sockaddr(const ChannelAddress& address) {
         sa.length = sizeof(in6);
         sa.family = AF_INET6;
     } else {
-        throw Error(EINVAL, "'" + address.path_or_host + "' is not a numeric IP address");
+        // A host name: its first stream address, IPv4 or IPv6, as the
+        // resolver orders them.
+        addrinfo hints{};
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        addrinfo* found = nullptr;
+        const int rc = ::getaddrinfo(address.path_or_host.c_str(), nullptr, &hints, &found);
+        if (rc != 0 || !found)
+            throw Error(EINVAL, "host '" + address.path_or_host +
+                                    "': " + (rc ? ::gai_strerror(rc) : "no address"));
+        std::memcpy(&sa.storage, found->ai_addr, found->ai_addrlen);
+        sa.length = found->ai_addrlen;
+        sa.family = found->ai_family;
+        ::freeaddrinfo(found);
+        if (sa.family == AF_INET)
+            reinterpret_cast<sockaddr_in*>(&sa.storage)->sin_port = htons(address.port);
+        else
+            reinterpret_cast<sockaddr_in6*>(&sa.storage)->sin6_port = htons(address.port);
     }
     return sa;
 }
 
 const sockaddr* as_sockaddr(const SockAddr& sa) {
     return reinterpret_cast<const sockaddr*>(&sa.storage);
+}
+
+// Whether a socket in this network namespace listens at a path named like
+// `path`.  Read from /proc/net/unix, not probed with connect(): a probe
+// would be accepted by a live listener as its migration's connection.
+// Names are compared by their last component, so a listener bound through
+// a relative path counts too: a false match only leaves the file alone.
+bool someone_listens_at(const std::string& path) {
+    constexpr unsigned long kAcceptCon = 0x10000;  // __SO_ACCEPTCON: listen() was called
+    const auto base = [](const std::string& p) { return p.substr(p.rfind('/') + 1); };
+    std::ifstream in("/proc/net/unix");
+    if (!in) return true;  // cannot tell: never remove
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string num, refs, protocol, flags, type, state, inode, name;
+        if (!(fields >> num >> refs >> protocol >> flags >> type >> state >> inode >> name))
+            continue;  // unnamed
+        if ((std::stoul(flags, nullptr, 16) & kAcceptCon) && base(name) == base(path)) return true;
+    }
+    return false;
+}
+
+// A unix socket file nobody listens on (left by a listener that was
+// killed) is removed, so that a new listener can bind there; anything else
+// at the path stays, and errno is EADDRINUSE again.
+bool replace_stale_socket(const SockAddr& sa) {
+    const std::string path = reinterpret_cast<const sockaddr_un*>(&sa.storage)->sun_path;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) || !S_ISSOCK(st.st_mode) || someone_listens_at(path) ||
+        ::unlink(path.c_str())) {
+        errno = EADDRINUSE;
+        return false;
+    }
+    return true;
 }
 
 }  // namespace
@@ -112,11 +170,16 @@ Listener::Listener(const ChannelAddress& address) {
         const int one = 1;
         ::setsockopt(fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     }
-    if (::bind(fd_.get(), as_sockaddr(sa), sa.length))
-        throw_errno("bind " + address.to_string() +
-                    (errno == EADDRINUSE ? " (address in use)" : ""));
+    if (::bind(fd_.get(), as_sockaddr(sa), sa.length)) {
+        if (errno != EADDRINUSE || sa.family != AF_UNIX || !replace_stale_socket(sa))
+            throw_errno("bind " + address.to_string() +
+                        (errno == EADDRINUSE ? " (address in use)" : ""));
+        if (::bind(fd_.get(), as_sockaddr(sa), sa.length))
+            throw_errno("bind " + address.to_string());
+    }
     if (sa.family == AF_UNIX) unlink_path_ = address.path_or_host;
-    if (::listen(fd_.get(), 1)) throw_errno("listen " + address.to_string());
+    if (::listen(fd_.get(), 2))  // the stream and the preempt channel
+        throw_errno("listen " + address.to_string());
 }
 
 Listener::~Listener() {

@@ -148,6 +148,7 @@ DestinationReport MigrationDestination::receive() {
         if (postcopy)
             guest_->set_vcpu_thread_hook(
                 [&p = *postcopy](unsigned vcpu, pid_t tid) { p.register_vcpu_thread(tid, vcpu); });
+        guest_started_ = true;
         guest_->start();
     };
 
@@ -230,7 +231,8 @@ DestinationReport MigrationDestination::receive() {
                 }
                 writer.done(r.value);
                 report.digest = r.value;
-                report.bytes_received = channel_.bytes_read();
+                // Both connections: the source's bytes_sent counts both too.
+                report.bytes_received = channel_.bytes_read() + (preempt_ ? preempt_->bytes_read() : 0);
                 report.total_time = Clock::now() - start;
                 return report;
             }

@@ -181,6 +181,11 @@ MigrationSource::MigrationSource(MigratableGuest& guest, Channel& channel, Migra
     if (options_.max_rounds == 0) throw Error(EINVAL, "migration: max_rounds must be at least 1");
 }
 
+void MigrationSource::abort() noexcept {
+    channel_.shutdown();
+    if (preempt_) preempt_->shutdown();
+}
+
 void MigrationSource::check_cancel_and_failures(const ReturnPath& rp) {
     if (auto e = guest_.failure()) std::rethrow_exception(e);
     rp.check();
@@ -212,6 +217,7 @@ void MigrationSource::send_vcpus(StreamWriter& writer) {
 
 void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
                                SourceReport& report) {
+    in_postcopy_.store(true, std::memory_order_release);
     const auto stop = Clock::now();
     guest_.stop();
     guest_.harvest_into(migration_);

@@ -7,8 +7,12 @@
 //
 // The source runs the guest and a migration thread (MigrationSource); its
 // main thread only waits for the migration or for SIGINT/SIGTERM, which
-// cancel it.  The destination (MigrationDestination) receives, verifies and
-// starts the guest, lets it run, and shows that it continued.
+// cancel it in precopy (in postcopy a second one aborts it).  The
+// destination (MigrationDestination) receives, verifies and starts the
+// guest, lets it run, and shows that it continued.  Two connections join
+// the sides: the migration stream, then the preempt channel that carries
+// postcopy page requests and their answers.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -47,10 +51,18 @@ using dirtyring::migrate::WorkloadConfig;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-constexpr int kExitFailed = 1;
-constexpr int kExitUsage = 2;
+// One exit code per kind of failure, as the usage text lists them.
+constexpr int kExitFailed = 1;     // migration failed; the guest runs on the source
+constexpr int kExitUsage = 2;      // bad option, address in use, no backend
+constexpr int kExitGuestLost = 3;  // failed or aborted in postcopy: neither side has the guest
 constexpr int kExitCancelled = 130;
 constexpr auto kConnectTimeout = 30s;
+constexpr auto kAcceptTimeout = 60s;
+constexpr auto kPreemptAcceptTimeout = 10s;  // the source connects it right after the stream
+
+// The JSON report's stream under --json -: the original stdout, while
+// every human line goes to stderr.
+int json_stdout_fd = STDOUT_FILENO;
 
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -96,8 +108,24 @@ const char* kUsage =
     "  --postcopy           switch to postcopy after the first round\n"
     "  --run-after MS       how long the destination runs the guest before it reports\n"
     "                       (default 500)\n"
-    "  --json FILE          write the final report as JSON to FILE ('-': stdout)\n"
-    "  --print-backend      print the backend --backend chooses here, and exit\n";
+    "  --json FILE          write the final report as JSON to FILE ('-': stdout, and\n"
+    "                       every other line to stderr)\n"
+    "  --print-backend      print the backend --backend chooses here, and exit\n"
+    "  -h, --help           this text;  --version  the version\n"
+    "signals (source):\n"
+    "  SIGINT, SIGTERM      in precopy, cancel: the guest keeps running on the source;\n"
+    "                       in postcopy they cannot (the guest runs on the destination\n"
+    "                       with part of its memory): the first is refused, a second\n"
+    "                       aborts both sides and the guest is lost\n"
+    "exit status:\n"
+    "  0 migrated (dest: received, verified and ran the guest)\n"
+    "  1 failed; the guest runs on in the source\n"
+    "  2 usage: a bad option, an address in use, no backend\n"
+    "  3 failed or aborted in postcopy: the guest is lost\n"
+    "  130 cancelled; the guest runs on in the source\n";
+
+struct HelpRequest {};
+struct VersionRequest {};
 
 std::uint64_t number(const std::string& option, const std::string& text, std::uint64_t min,
                      std::uint64_t max) {
@@ -122,7 +150,8 @@ Args parse(int argc, char** argv) {
             a.postcopy = true;
             continue;
         }
-        if (opt == "-h" || opt == "--help") throw UsageError("");
+        if (opt == "-h" || opt == "--help") throw HelpRequest{};
+        if (opt == "--version") throw VersionRequest{};
         if (opt == "--print-backend") {
             a.print_backend = true;
             continue;
@@ -233,7 +262,14 @@ double ms(std::chrono::nanoseconds ns) {
 void write_json(const std::string& path, const json& j) {
     if (path.empty()) return;
     if (path == "-") {
-        std::cout << j.dump(2) << "\n";
+        std::cout.flush();
+        const std::string text = j.dump(2) + "\n";
+        for (std::size_t done = 0; done < text.size();) {
+            const ssize_t n = ::write(json_stdout_fd, text.data() + done, text.size() - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) dirtyring::throw_errno("writing the JSON report to stdout");
+            done += static_cast<std::size_t>(n);
+        }
         return;
     }
     std::ofstream out(path);
@@ -261,7 +297,11 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
         if (auto e = guest->failure()) std::rethrow_exception(e);
         throw Error(ETIMEDOUT, "the guest did not write its working set once within 10 s");
     }
-    Channel channel = Channel::connect(ChannelAddress::parse(a.address), kConnectTimeout);
+    const ChannelAddress address = ChannelAddress::parse(a.address);
+    std::cout << "source: connecting to " << a.address << " (for up to "
+              << std::chrono::seconds(kConnectTimeout).count() << " s)" << std::endl;
+    Channel channel = Channel::connect(address, kConnectTimeout);
+    Channel preempt = Channel::connect(address, kConnectTimeout);
     own_listener.reset();  // connected: the socket file is not needed any more
 
     dirtyring::MigrationOptions options;
@@ -284,6 +324,13 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                 static_cast<unsigned long long>(p.dirty_pages), p.dirty_rate,
                 mib(static_cast<double>(p.pending_bytes)).c_str(), mib(p.bandwidth).c_str(),
                 ms(p.expected_downtime));
+            if (!options.postcopy && p.round >= options.max_rounds &&
+                p.expected_downtime > options.downtime_limit)
+                std::printf(
+                    "source: precopy did not converge in %u rounds (expected downtime %.1f ms "
+                    "over the %llu ms limit): switching to postcopy\n",
+                    p.round, ms(p.expected_downtime),
+                    static_cast<unsigned long long>(a.downtime_ms));
             std::fflush(stdout);
             rounds.push_back({{"round", p.round},
                               {"pages_sent", p.pages_sent},
@@ -293,6 +340,7 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                               {"pending_bytes", p.pending_bytes},
                               {"expected_downtime_ms", ms(p.expected_downtime)}});
         });
+    source.use_preempt_channel(preempt);
 
     std::optional<dirtyring::SourceReport> report;
     std::exception_ptr failure;
@@ -305,14 +353,31 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
         }
         finished.store(true);
     });
-    bool cancelled = false;
+    bool cancelled = false, refused = false, aborted = false, announced = false;
     while (!finished.load()) {
         const timespec tick{0, 50'000'000};
         const int sig = sigtimedwait(&signals, nullptr, &tick);
-        if (sig == SIGINT || sig == SIGTERM) {
+        if (!announced && source.in_postcopy()) {
+            std::cout << "source: switched to postcopy: the guest runs on the destination, which "
+                         "requests the pages it lacks on the preempt channel"
+                      << std::endl;
+            announced = true;
+        }
+        if (sig != SIGINT && sig != SIGTERM) continue;
+        if (!source.in_postcopy()) {
             if (!cancelled) std::cout << "source: cancelling the migration" << std::endl;
             cancelled = true;
             source.cancel();
+        } else if (!refused) {
+            std::cout << "source: cannot cancel: in postcopy the guest runs on the destination, "
+                         "which has only part of its memory; finishing the migration (signal "
+                         "again to abort both sides, losing the guest)"
+                      << std::endl;
+            refused = true;
+        } else if (!aborted) {
+            std::cout << "source: aborting the postcopy migration: the guest is lost" << std::endl;
+            aborted = true;
+            source.abort();
         }
     }
     migration_thread.join();
@@ -328,6 +393,18 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                 code = kExitCancelled;
         }
         std::cout << "source: migration failed: " << what << std::endl;
+        if (source.in_postcopy()) {
+            std::cout << "source: the guest is lost: it was running on the destination, which "
+                         "had only part of its memory"
+                      << std::endl;
+            const json j = {{"error", what},
+                            {"guest_running", false},
+                            {"guest_lost", true},
+                            {"round_progress", rounds}};
+            if (a.mode != "run") write_json(a.json_path, json{{"source", j}});
+            if (report_out) *report_out = j;
+            return kExitGuestLost;
+        }
         // Show that the guest runs on, unharmed.
         std::vector<std::uint64_t> before(guest->vcpus());
         for (unsigned i = 0; i < guest->vcpus(); ++i) before[i] = guest->progress(i);
@@ -354,8 +431,11 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
         static_cast<unsigned long long>(r.zero_pages),
         mib(static_cast<double>(r.bytes_sent)).c_str());
     if (r.mode == "postcopy")
-        std::printf("source: answered %llu page requests from the destination\n",
-                    static_cast<unsigned long long>(r.postcopy_requests));
+        std::printf(
+            "source: answered %llu page requests from the destination, %llu of them on the "
+            "preempt channel\n",
+            static_cast<unsigned long long>(r.postcopy_requests),
+            static_cast<unsigned long long>(r.preempt_pages));
     std::fflush(stdout);
     json j = {{"mode", r.mode},
               {"converged", r.converged},
@@ -368,6 +448,7 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
               {"zero_pages", r.zero_pages},
               {"bytes_sent", r.bytes_sent},
               {"postcopy_requests", r.postcopy_requests},
+              {"preempt_pages", r.preempt_pages},
               {"memory_digest", r.digest},
               {"round_progress", rounds}};
     // In a forked run, run_main() adds the destination's half once it ended.
@@ -377,7 +458,10 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
 }
 
 int dest_main(const Args& a, Listener listener) {
-    Channel channel = listener.accept(std::chrono::milliseconds(60s));
+    std::cout << "destination: waiting for a source on " << a.address << " (for up to "
+              << std::chrono::seconds(kAcceptTimeout).count() << " s)" << std::endl;
+    Channel channel = listener.accept(kAcceptTimeout);
+    Channel preempt = listener.accept(kPreemptAcceptTimeout);
     // Counters of each vCPU at the switch-over and now, whatever the kind.
     std::function<std::pair<std::uint64_t, std::uint64_t>(unsigned)> counters;
     dirtyring::MigrationDestination destination(
@@ -401,6 +485,7 @@ int dest_main(const Args& a, Listener listener) {
             throw Error(EPROTO, "the stream carries a guest of kind " + std::to_string(kind) +
                                     ", which this destination cannot run");
         });
+    destination.use_preempt_channel(preempt);
     dirtyring::DestinationReport r;
     try {
         r = destination.run();
@@ -408,7 +493,8 @@ int dest_main(const Args& a, Listener listener) {
         std::cout << "destination: migration failed: " << e.what()
                   << "; the received copy is discarded" << std::endl;
         if (!a.json_internal.empty()) write_json(a.json_internal, json{{"error", e.what()}});
-        return e.errnum() == ECANCELED ? kExitCancelled : kExitFailed;
+        if (e.errnum() == ECANCELED) return kExitCancelled;
+        return destination.guest_started() ? kExitGuestLost : kExitFailed;
     }
     std::printf(
         "destination: received %llu pages (%llu zero pages), %s, in %u round(s); memory "
@@ -533,10 +619,26 @@ int main(int argc, char** argv) {
     Args args;
     try {
         args = parse(argc, argv);
+    } catch (const HelpRequest&) {
+        std::cout << kUsage;
+        return 0;
+    } catch (const VersionRequest&) {
+        std::cout << "dirtyring-migrate " << DIRTYRING_VERSION << "\n";
+        return 0;
     } catch (const UsageError& e) {
-        if (*e.what()) std::cerr << "dirtyring-migrate: " << e.what() << "\n";
-        std::cerr << kUsage;
-        return *e.what() ? kExitUsage : 0;
+        std::cerr << "dirtyring-migrate: " << e.what() << "\n" << kUsage;
+        return kExitUsage;
+    }
+    if (args.json_path == "-") {
+        // JSON alone on stdout: everything else, this process's lines and
+        // the forked destination's, goes to stderr.
+        std::cout.flush();
+        json_stdout_fd = ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+        if (json_stdout_fd < 0 || ::dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+            std::cerr << "dirtyring-migrate: cannot keep stdout for the JSON report: "
+                      << std::strerror(errno) << "\n";
+            return kExitFailed;
+        }
     }
     try {
         if (args.print_backend) {

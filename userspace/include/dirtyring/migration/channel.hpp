@@ -24,8 +24,9 @@
 namespace dirtyring {
 
 // "unix:/path/to/socket" or "tcp:HOST:PORT" (HOST a numeric IPv4 or IPv6
-// address, e.g. tcp:127.0.0.1:4444 or tcp:[::1]:4444).  Throws Error(EINVAL)
-// for anything else.
+// address, e.g. tcp:127.0.0.1:4444 or tcp:[::1]:4444, or a host name that
+// getaddrinfo resolves, e.g. tcp:localhost:4444).  Throws Error(EINVAL) for
+// anything else, a name that does not resolve included.
 struct ChannelAddress {
     enum class Kind { Unix, Tcp };
     Kind kind;
@@ -42,6 +43,8 @@ class Channel;
 class Listener {
 public:
     // Binds and listens; EADDRINUSE (an address in use) is reported as such.
+    // A unix socket file that nobody listens on any more (its listener was
+    // killed) is replaced; any other file at the path is left alone.
     explicit Listener(const ChannelAddress& address);
     ~Listener();
     Listener(Listener&&) = default;

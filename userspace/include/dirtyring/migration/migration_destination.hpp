@@ -77,6 +77,11 @@ public:
     // The migrated guest, running; only after run() returned.
     MigratableGuest& guest() { return *guest_; }
 
+    // Whether the guest ever started here, after run() returned or threw:
+    // a postcopy that failed after that lost the guest (the source stopped
+    // it for good, this side discarded its partial copy).
+    bool guest_started() const noexcept { return guest_started_; }
+
 private:
     DestinationReport receive();
 
@@ -90,6 +95,7 @@ private:
     std::unique_ptr<PageSource> requests_;
     std::optional<Postcopy> postcopy_;
     std::unique_ptr<MigratableGuest> guest_;
+    bool guest_started_ = false;
 };
 
 }  // namespace dirtyring

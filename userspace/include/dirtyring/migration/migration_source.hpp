@@ -80,6 +80,17 @@ public:
     SourceReport run();
     void cancel() noexcept { cancelled_.store(true, std::memory_order_release); }
 
+    // From the switch to postcopy on, the guest runs on the destination
+    // with only part of its memory there: cancel() cannot bring it back and
+    // is ignored.  Any thread may ask.
+    bool in_postcopy() const noexcept { return in_postcopy_.load(std::memory_order_acquire); }
+
+    // Ends the migration at once, whatever its phase, by shutting its
+    // connections: run() throws, and the destination fails too.  In
+    // postcopy that loses the guest (neither side has all of it); an
+    // operator's last resort.  Any thread may call it.
+    void abort() noexcept;
+
 private:
     class ReturnPath;
     class PreemptServer;
@@ -98,6 +109,7 @@ private:
     MigrationOptions options_;
     Progress progress_;
     std::atomic<bool> cancelled_{false};
+    std::atomic<bool> in_postcopy_{false};
     // Pages still to send, one bit each; in postcopy the preempt channel's
     // thread takes bits too (atomically).
     std::vector<std::uint64_t> migration_;
