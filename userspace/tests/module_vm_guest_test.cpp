@@ -25,6 +25,7 @@
 #include "dirtyring/rings/module_vm.hpp"
 #include "harvested_pages.hpp"
 #include "signal_storm.hpp"
+#include "stall_watch.hpp"
 
 namespace {
 
@@ -34,6 +35,7 @@ using dirtyring::DirtyPage;
 using dirtyring::Harvester;
 using dirtyring::ModuleVcpu;
 using dirtyring::ModuleVm;
+using dirtyring::testing_support::StallWatch;
 constexpr std::uint64_t kPage = ModuleVm::kPageSize;
 
 // Stores `value` into 64-bit word `word` of `page`: a tracked first write
@@ -182,12 +184,11 @@ TEST(ModuleRingFull, WriterWaitsAtSoftLimitUntilHarvested) {
     Harvester harvester(vm);
     Seen seen;
     unsigned soft_full_seen = 0;
-    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    StallWatch stall("the writer, held at its soft limit, never released");
     while (written.load() < kPages) {
         // Let the writer run into its soft limit before harvesting.
         while (!vm.vcpu(0).ring_status().soft_full && written.load() < kPages) {
-            ASSERT_LT(std::chrono::steady_clock::now(), deadline)
-                << "writer stuck after " << written.load() << " pages";
+            stall.check(written.load());
             std::this_thread::sleep_for(1ms);
         }
         if (written.load() < kPages) {
@@ -235,13 +236,14 @@ TEST(ModuleRingFull, WritersOutrunningTheHarvesterAreReleased) {
                     write_word(memory, w * kPagesEach + i, 0, i + 1);
                 --running;
             });
-        const auto deadline = std::chrono::steady_clock::now() + 90s;
+        StallWatch stall("writers held at the soft limit, never released");
+        std::uint64_t harvested = 0;
         while (running.load() > 0) {
-            ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "writers stuck";
+            stall.check(harvested);
             // Harvest late, so that the writers outrun the harvester.
             if (vm.poll(100ms).harvestable) {
                 std::this_thread::sleep_for(5ms);
-                harvester.harvest(sink);
+                harvested += harvester.harvest(sink);
             }
         }
     }
@@ -450,11 +452,12 @@ TEST_P(HarvesterUnderSignalStorm, ShadowEqualsMemoryAfterTheLastHarvest) {
                     }
                     --running;
                 });
-            const auto deadline = std::chrono::steady_clock::now() + 60s;
+            StallWatch stall("writers held for a reset, never released");
+            std::uint64_t harvested = 0;
             while (running.load() > 0) {
-                ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "writers stuck";
+                stall.check(harvested);
                 if (c.pause.count()) std::this_thread::sleep_for(c.pause);
-                copy.harvest();
+                harvested += copy.harvest();
                 ++rounds;
             }
         }
