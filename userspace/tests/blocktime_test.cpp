@@ -298,6 +298,37 @@ struct BadInput {
     int errnum;
 };
 
+// A vCPU thread exits and the kernel gives its tid to the thread that now
+// runs another vCPU: after unregister and register, that tid's faults are
+// charged to the new vCPU, and the fault the old thread had in flight to
+// the old one.
+TEST_F(BlocktimeTest, AReusedThreadIdIsChargedToItsNewVcpu) {
+    make(2);
+    at(0);
+    EXPECT_EQ(0U, bt->fault_begin(A, tid(0)));  // in flight as the thread exits
+    bt->unregister_vcpu_thread(tid(0));
+    EXPECT_EQ(std::nullopt, bt->vcpu_of(tid(0)));
+    // Until it registers again, the tid is no vCPU's.
+    EXPECT_EQ(std::nullopt, bt->fault_begin(B, tid(0)));
+    bt->unregister_vcpu_thread(tid(1));
+    bt->register_vcpu_thread(tid(0), 1);  // vCPU 1's restarted thread got vCPU 0's old tid
+    at(2);
+    EXPECT_EQ(1U, bt->fault_begin(C, tid(0)));
+    at(5);
+    EXPECT_EQ(1U, bt->fault_end(A));
+    EXPECT_EQ(1U, bt->fault_end(B));
+    at(9);
+    EXPECT_EQ(1U, bt->fault_end(C));
+    const auto r = bt->report();
+    EXPECT_EQ(1U, r.vcpu_faults[0]);
+    EXPECT_EQ(5 * kMs, r.vcpu_blocktime_ns[0]);
+    EXPECT_EQ(1U, r.vcpu_faults[1]);
+    EXPECT_EQ(7 * kMs, r.vcpu_blocktime_ns[1]);
+    EXPECT_EQ(1U, r.non_vcpu_faults);
+    // Both vCPUs were blocked at once from 2 to 5 ms.
+    EXPECT_EQ(3 * kMs, r.blocktime_ns);
+}
+
 void PrintTo(const BadInput& input, std::ostream* os) {
     *os << input.name;
 }
@@ -329,6 +360,15 @@ INSTANTIATE_TEST_SUITE_P(
         BadInput{"NegativeThreadId", [] { two_vcpus().register_vcpu_thread(-5, 1); }, EINVAL},
         BadInput{"VcpuOutOfRange", [] { two_vcpus().register_vcpu_thread(101, 2); }, EINVAL},
         BadInput{"ThreadOnTwoVcpus", [] { two_vcpus().register_vcpu_thread(100, 1); }, EEXIST},
+        BadInput{"UnregisterUnknownThread", [] { two_vcpus().unregister_vcpu_thread(101); },
+                 ENOENT},
+        BadInput{"UnregisterTwice",
+                 [] {
+                     Blocktime bt = two_vcpus();
+                     bt.unregister_vcpu_thread(100);
+                     bt.unregister_vcpu_thread(100);
+                 },
+                 ENOENT},
         BadInput{"FaultOnAllOnes", [] { two_vcpus().fault_begin(~std::uint64_t{0}, 100); },
                  EINVAL}),
     [](const auto& param_info) { return std::string(param_info.param.name); });

@@ -119,6 +119,11 @@ void Blocktime::register_vcpu_thread(pid_t tid, unsigned vcpu) {
                                 std::to_string(it->second) + ", not " + std::to_string(vcpu));
 }
 
+void Blocktime::unregister_vcpu_thread(pid_t tid) {
+    if (vcpu_of_tid_.erase(tid) == 0)
+        throw Error(ENOENT, "Blocktime: thread " + std::to_string(tid) + " runs no vCPU");
+}
+
 std::optional<unsigned> Blocktime::vcpu_of(pid_t tid) const {
     const auto it = vcpu_of_tid_.find(tid);
     if (it == vcpu_of_tid_.end()) return std::nullopt;

@@ -60,6 +60,11 @@ void Postcopy::register_vcpu_thread(pid_t tid, unsigned vcpu) {
     blocktime_.register_vcpu_thread(tid, vcpu);
 }
 
+void Postcopy::unregister_vcpu_thread(pid_t tid) {
+    std::lock_guard lock(mutex_);
+    blocktime_.unregister_vcpu_thread(tid);
+}
+
 void Postcopy::start() {
     std::lock_guard lock(mutex_);
     if (state_ != State::Setup) throw Error(EBUSY, "Postcopy::start: already started");

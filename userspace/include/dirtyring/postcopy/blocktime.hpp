@@ -35,7 +35,13 @@ struct BlocktimeReport {
     std::vector<std::uint64_t> vcpu_faults;
     std::vector<std::uint64_t> vcpu_faults_resolved;
     std::vector<std::uint32_t> vcpu_faults_in_flight;
-    // Sum over resolved faults of (resolution - fault) time.
+    // Sum over resolved faults of (resolution - fault) time: each fault's
+    // own latency, so two faults of one vCPU in flight at once (its thread
+    // and, under KVM, an async page-fault worker) count in full each, and
+    // vcpu_latency_ns() is the mean time a fault of that vCPU waited.  QEMU
+    // 10.1 instead divides a vCPU's blocktime (overlaps counted once) by
+    // its fault count, which reads lower whenever faults overlap; the two
+    // agree when a vCPU has one fault in flight at a time.
     std::vector<std::uint64_t> vcpu_latency_total_ns;
     std::uint64_t non_vcpu_faults = 0;
     std::uint64_t non_vcpu_faults_resolved = 0;
@@ -65,8 +71,15 @@ public:
     explicit Blocktime(unsigned vcpus, Clock clock = monotonic_clock());
 
     // tid > 0 runs vCPU `vcpu` from now on; a tid names one vCPU at most
-    // (re-registering it for the same vCPU is harmless).
+    // (re-registering it for the same vCPU is harmless; for another one,
+    // EEXIST, since one live thread cannot run two vCPUs).
     void register_vcpu_thread(pid_t tid, unsigned vcpu);
+    // Thread `tid` runs no vCPU any more (it exits, or a restarted vCPU
+    // gets a new thread): its later faults are a non-vCPU thread's, and the
+    // kernel may hand the tid to a thread that registers for any vCPU.
+    // Faults it has in flight stay charged to the vCPU that took them.
+    // ENOENT for a tid that is not registered.
+    void unregister_vcpu_thread(pid_t tid);
     std::optional<unsigned> vcpu_of(pid_t tid) const;
 
     // Thread `tid` faulted on page `addr` (a page address: never ~0).

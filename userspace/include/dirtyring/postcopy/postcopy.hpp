@@ -78,7 +78,10 @@ public:
     // the range index used in PageRequest.
     unsigned add_range(void* host, std::size_t length);
 
+    // Blocktime's: a vCPU thread registers as it starts and unregisters
+    // as it exits, so that a tid the kernel reuses is charged right.
     void register_vcpu_thread(pid_t tid, unsigned vcpu);
+    void unregister_vcpu_thread(pid_t tid);
 
     void start();
 
