@@ -141,7 +141,8 @@ TEST(MigrateTool, JsonToStdoutIsTheOnlyThingOnStdout) {
     ASSERT_EQ(0, r.code) << r.out << r.err;
     const auto j = nlohmann::json::parse(r.out, nullptr, false);
     ASSERT_FALSE(j.is_discarded()) << "stdout is not one JSON document:\n" << r.out;
-    EXPECT_EQ(true, j["destination"]["memory_verified"]);
+    EXPECT_EQ("completed", j["status"]);
+    EXPECT_EQ(true, j["x-dirtyring"]["destination"]["x-dirtyring"]["memory-verified"]);
     // The human lines of both sides are all on stderr.
     EXPECT_NE(std::string::npos, r.err.find("round  1:")) << r.err;
     EXPECT_NE(std::string::npos, r.err.find("destination: waiting for a source")) << r.err;
@@ -209,11 +210,29 @@ TEST(MigrateTool, DefaultMigrationSucceedsAndReportsJson) {
     const auto j = nlohmann::json::parse(in, nullptr, false);
     ::unlink(json_path.c_str());
     ASSERT_FALSE(j.is_discarded());
-    EXPECT_EQ("precopy", j["source"]["mode"]);
-    EXPECT_EQ(j["source"]["memory_digest"], j["destination"]["memory_digest"]);
-    EXPECT_EQ(true, j["destination"]["memory_verified"]);
-    EXPECT_EQ(true, j["destination"]["guest_continued"]);
-    EXPECT_GT(j["source"]["downtime_ms"].get<double>(), 0.0);
+    // QEMU's query-migrate members, with their units (ms, bytes, pages).
+    EXPECT_EQ("completed", j["status"]);
+    for (const char* member : {"total-time", "downtime", "expected-downtime", "setup-time"})
+        EXPECT_TRUE(j[member].is_number_integer()) << member << ": " << j.dump(1);
+    const auto& ram = j["ram"];
+    EXPECT_EQ(32U << 20, ram["total"].get<std::uint64_t>());
+    EXPECT_EQ(0U, ram["remaining"].get<std::uint64_t>());
+    EXPECT_EQ(ram["normal"].get<std::uint64_t>() * 4096, ram["normal-bytes"].get<std::uint64_t>());
+    EXPECT_LT(ram["normal-bytes"].get<std::uint64_t>(), ram["transferred"].get<std::uint64_t>());
+    EXPECT_EQ(ram["transferred"], ram["precopy-bytes"]);
+    EXPECT_EQ(0U, ram["postcopy-bytes"].get<std::uint64_t>());
+    EXPECT_EQ(0U, ram["postcopy-requests"].get<std::uint64_t>());
+    EXPECT_GT(ram["mbps"].get<double>(), 0.0);
+    EXPECT_GE(ram["dirty-sync-count"].get<unsigned>(), 1U);
+    EXPECT_EQ(ram["dirty-sync-count"].get<std::size_t>(), j["x-dirtyring"]["rounds"].size());
+    // This tool's own, under one member.
+    const auto& x = j["x-dirtyring"];
+    EXPECT_EQ("precopy", x["mode"]);
+    EXPECT_EQ(x["memory-digest"], x["destination"]["x-dirtyring"]["memory-digest"]);
+    EXPECT_EQ("completed", x["destination"]["status"]);
+    EXPECT_EQ(true, x["destination"]["x-dirtyring"]["memory-verified"]);
+    EXPECT_EQ(true, x["destination"]["x-dirtyring"]["guest-continued"]);
+    EXPECT_GT(x["downtime-ms"].get<double>(), 0.0);
 }
 
 TEST(MigrateTool, PostcopyMigrationReportsBlocktime) {
@@ -227,12 +246,22 @@ TEST(MigrateTool, PostcopyMigrationReportsBlocktime) {
     const auto j = nlohmann::json::parse(in, nullptr, false);
     ::unlink(json_path.c_str());
     ASSERT_FALSE(j.is_discarded());
-    EXPECT_EQ("postcopy", j["source"]["mode"]);
-    EXPECT_EQ("postcopy", j["destination"]["mode"]);
-    EXPECT_EQ(j["source"]["memory_digest"], j["destination"]["memory_digest"]);
-    EXPECT_EQ(true, j["destination"]["guest_continued"]);
-    EXPECT_TRUE(j["destination"]["blocktime"].contains("postcopy-latency-dist"));
-    EXPECT_EQ(2U, j["destination"]["blocktime"]["postcopy-vcpu-blocktime"].size());
+    EXPECT_EQ("completed", j["status"]);
+    const auto& x = j["x-dirtyring"];
+    EXPECT_EQ("postcopy", x["mode"]);
+    EXPECT_EQ("postcopy", x["destination"]["x-dirtyring"]["mode"]);
+    EXPECT_EQ(x["memory-digest"], x["destination"]["x-dirtyring"]["memory-digest"]);
+    EXPECT_EQ(true, x["destination"]["x-dirtyring"]["guest-continued"]);
+    const auto& ram = j["ram"];
+    EXPECT_EQ(
+        ram["transferred"].get<std::uint64_t>(),
+        ram["precopy-bytes"].get<std::uint64_t>() + ram["postcopy-bytes"].get<std::uint64_t>());
+    EXPECT_GT(ram["postcopy-bytes"].get<std::uint64_t>(), 0U);
+    // The blocktime members at the top level, as QEMU 10.1 has them.
+    EXPECT_TRUE(j.contains("postcopy-latency-dist")) << j.dump(1);
+    EXPECT_TRUE(j["postcopy-blocktime"].is_number_integer());
+    EXPECT_EQ(2U, j["postcopy-vcpu-blocktime"].size());
+    EXPECT_EQ(2U, j["postcopy-vcpu-latency"].size());
 }
 
 // Starts `dest` and `source` as two commands; kills one mid-precopy.

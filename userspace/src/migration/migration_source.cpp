@@ -218,6 +218,7 @@ void MigrationSource::send_vcpus(StreamWriter& writer) {
 void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
                                SourceReport& report) {
     in_postcopy_.store(true, std::memory_order_release);
+    report.precopy_bytes = channel_.bytes_written();
     const auto stop = Clock::now();
     guest_.stop();
     guest_.harvest_into(migration_);
@@ -407,6 +408,8 @@ SourceReport MigrationSource::run() {
         report.preempt_pages = preempt->pages_sent();
         report.bytes_sent += preempt_->bytes_written();
     }
+    if (report.mode != "postcopy") report.precopy_bytes = report.bytes_sent;
+    report.postcopy_bytes = report.bytes_sent - report.precopy_bytes;
     report.total_time = Clock::now() - start;
     return report;
 }

@@ -108,8 +108,9 @@ const char* kUsage =
     "  --postcopy           switch to postcopy after the first round\n"
     "  --run-after MS       how long the destination runs the guest before it reports\n"
     "                       (default 500)\n"
-    "  --json FILE          write the final report as JSON to FILE ('-': stdout, and\n"
-    "                       every other line to stderr)\n"
+    "  --json FILE          write the final report to FILE as QEMU's query-migrate\n"
+    "                       object, this tool's own members under x-dirtyring ('-':\n"
+    "                       stdout, and every other line to stderr)\n"
     "  --print-backend      print the backend --backend chooses here, and exit\n"
     "  -h, --help           this text;  --version  the version\n"
     "signals (source):\n"
@@ -259,6 +260,16 @@ double ms(std::chrono::nanoseconds ns) {
     return static_cast<double>(ns.count()) / 1e6;
 }
 
+std::int64_t whole_ms(std::chrono::nanoseconds ns) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(ns).count();
+}
+
+// query-migrate of a migration that did not complete: QEMU's status and
+// error-desc, and this tool's word on the guest.
+json failed_report(const char* status, const std::string& what, json extras) {
+    return {{"status", status}, {"error-desc", what}, {"x-dirtyring", std::move(extras)}};
+}
+
 void write_json(const std::string& path, const json& j) {
     if (path.empty()) return;
     if (path == "-") {
@@ -297,6 +308,7 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
         if (auto e = guest->failure()) std::rethrow_exception(e);
         throw Error(ETIMEDOUT, "the guest did not write its working set once within 10 s");
     }
+    const auto setup_start = std::chrono::steady_clock::now();
     const ChannelAddress address = ChannelAddress::parse(a.address);
     std::cout << "source: connecting to " << a.address << " (for up to "
               << std::chrono::seconds(kConnectTimeout).count() << " s)" << std::endl;
@@ -333,15 +345,17 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                     static_cast<unsigned long long>(a.downtime_ms));
             std::fflush(stdout);
             rounds.push_back({{"round", p.round},
-                              {"pages_sent", p.pages_sent},
-                              {"dirty_pages", p.dirty_pages},
-                              {"dirty_rate_pages_per_s", p.dirty_rate},
-                              {"bandwidth_bytes_per_s", p.bandwidth},
-                              {"pending_bytes", p.pending_bytes},
-                              {"expected_downtime_ms", ms(p.expected_downtime)}});
+                              {"pages-sent", p.pages_sent},
+                              {"dirty-pages", p.dirty_pages},
+                              {"dirty-pages-rate", p.dirty_rate},
+                              {"bandwidth-bytes-per-s", p.bandwidth},
+                              {"remaining", p.pending_bytes},
+                              {"expected-downtime-ms", ms(p.expected_downtime)},
+                              {"elapsed-ms", ms(p.elapsed)}});
         });
     source.use_preempt_channel(preempt);
 
+    const auto setup_time = std::chrono::steady_clock::now() - setup_start;
     std::optional<dirtyring::SourceReport> report;
     std::exception_ptr failure;
     std::atomic<bool> finished{false};
@@ -397,11 +411,10 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
             std::cout << "source: the guest is lost: it was running on the destination, which "
                          "had only part of its memory"
                       << std::endl;
-            const json j = {{"error", what},
-                            {"guest_running", false},
-                            {"guest_lost", true},
-                            {"round_progress", rounds}};
-            if (a.mode != "run") write_json(a.json_path, json{{"source", j}});
+            const json j =
+                failed_report("failed", what,
+                              {{"guest-running", false}, {"guest-lost", true}, {"rounds", rounds}});
+            if (a.mode != "run") write_json(a.json_path, j);
             if (report_out) *report_out = j;
             return kExitGuestLost;
         }
@@ -413,8 +426,10 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
         for (unsigned i = 0; i < guest->vcpus(); ++i) running &= guest->progress(i) > before[i];
         std::cout << "source: the guest " << (running ? "keeps running" : "is NOT running")
                   << " on the source" << std::endl;
-        const json j = {{"error", what}, {"guest_running", running}, {"round_progress", rounds}};
-        if (a.mode != "run") write_json(a.json_path, json{{"source", j}});
+        const json j =
+            failed_report(code == kExitCancelled ? "cancelled" : "failed", what,
+                          {{"guest-running", running}, {"guest-lost", false}, {"rounds", rounds}});
+        if (a.mode != "run") write_json(a.json_path, j);
         if (report_out) *report_out = j;
         return running ? code : kExitFailed;
     }
@@ -437,22 +452,42 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
             static_cast<unsigned long long>(r.postcopy_requests),
             static_cast<unsigned long long>(r.preempt_pages));
     std::fflush(stdout);
-    json j = {{"mode", r.mode},
-              {"converged", r.converged},
-              {"rounds", r.rounds},
-              {"total_time_ms", ms(r.total_time)},
-              {"downtime_ms", ms(r.downtime)},
-              {"expected_downtime_ms", ms(r.expected_downtime)},
-              {"downtime_limit_ms", a.downtime_ms},
-              {"pages_sent", r.pages_sent},
-              {"zero_pages", r.zero_pages},
-              {"bytes_sent", r.bytes_sent},
-              {"postcopy_requests", r.postcopy_requests},
-              {"preempt_pages", r.preempt_pages},
-              {"memory_digest", r.digest},
-              {"round_progress", rounds}};
+    // QEMU's query-migrate on the source, this tool's own under x-dirtyring.
+    const double seconds = static_cast<double>(r.total_time.count()) / 1e9;
+    const std::uint64_t normal = r.pages_sent - r.zero_pages;
+    const json ram = {
+        {"transferred", r.bytes_sent},
+        {"remaining", 0},
+        {"total", a.memory_mib << 20},
+        {"duplicate", r.zero_pages},
+        {"normal", normal},
+        {"normal-bytes", normal * dirtyring::KvmGuest::kPageSize},
+        {"page-size", dirtyring::KvmGuest::kPageSize},
+        {"dirty-pages-rate", rounds.empty() ? 0
+                                            : static_cast<std::uint64_t>(
+                                                  rounds.back()["dirty-pages-rate"].get<double>())},
+        {"mbps", seconds > 0 ? static_cast<double>(r.bytes_sent) * 8 / 1e6 / seconds : 0.0},
+        {"dirty-sync-count", r.rounds},
+        {"postcopy-requests", r.postcopy_requests},
+        {"precopy-bytes", r.precopy_bytes},
+        {"postcopy-bytes", r.postcopy_bytes}};
+    json j = {{"status", "completed"},
+              {"total-time", whole_ms(r.total_time)},
+              {"downtime", whole_ms(r.downtime)},
+              {"expected-downtime", whole_ms(r.expected_downtime)},
+              {"setup-time", whole_ms(setup_time)},
+              {"ram", ram},
+              {"x-dirtyring",
+               {{"mode", r.mode},
+                {"converged", r.converged},
+                {"downtime-ms", ms(r.downtime)},
+                {"expected-downtime-ms", ms(r.expected_downtime)},
+                {"downtime-limit", a.downtime_ms},
+                {"preempt-pages", r.preempt_pages},
+                {"memory-digest", r.digest},
+                {"rounds", rounds}}}};
     // In a forked run, run_main() adds the destination's half once it ended.
-    if (a.mode != "run") write_json(a.json_path, json{{"source", j}});
+    if (a.mode != "run") write_json(a.json_path, j);
     if (report_out) *report_out = j;
     return 0;
 }
@@ -492,7 +527,9 @@ int dest_main(const Args& a, Listener listener) {
     } catch (const Error& e) {
         std::cout << "destination: migration failed: " << e.what()
                   << "; the received copy is discarded" << std::endl;
-        if (!a.json_internal.empty()) write_json(a.json_internal, json{{"error", e.what()}});
+        const json j =
+            failed_report("failed", e.what(), {{"guest-lost", destination.guest_started()}});
+        write_json(a.json_internal.empty() ? a.json_path : a.json_internal, j);
         if (e.errnum() == ECANCELED) return kExitCancelled;
         return destination.guest_started() ? kExitGuestLost : kExitFailed;
     }
@@ -538,25 +575,30 @@ int dest_main(const Args& a, Listener listener) {
         std::printf("destination: vCPU %u continues: counter %llu -> %llu (%llu writes here)\n", i,
                     static_cast<unsigned long long>(from), static_cast<unsigned long long>(to),
                     static_cast<unsigned long long>(to - from));
-        vcpus.push_back({{"vcpu", i}, {"counter_at_switchover", from}, {"counter_now", to}});
+        vcpus.push_back({{"vcpu", i}, {"counter-at-switchover", from}, {"counter-now", to}});
     }
     std::fflush(stdout);
-    json j = {{"mode", r.mode},
-              {"rounds", r.rounds},
-              {"pages_received", r.pages_received},
-              {"zero_pages", r.zero_pages},
-              {"bytes_received", r.bytes_received},
-              {"memory_digest", r.digest},
-              {"memory_verified", true},
-              {"guest_continued", continued},
-              {"vcpus", vcpus}};
+    // QEMU's query-migrate on the destination: the status and, in
+    // postcopy, the blocktime members at the top level (as in 10.1).
+    json j = {{"status", "completed"},
+              {"total-time", whole_ms(r.total_time)},
+              {"x-dirtyring",
+               {{"mode", r.mode},
+                {"rounds", r.rounds},
+                {"pages-received", r.pages_received},
+                {"zero-pages", r.zero_pages},
+                {"bytes-received", r.bytes_received},
+                {"preempt-pages", r.preempt_pages},
+                {"memory-digest", r.digest},
+                {"memory-verified", true},
+                {"guest-continued", continued},
+                {"vcpus", vcpus}}}};
     if (r.mode == "postcopy") {
-        j["postcopy_faults"] = r.postcopy_faults;
-        j["postcopy_requests"] = r.postcopy_requests;
-        j["blocktime"] = blocktime;
+        j["x-dirtyring"]["postcopy-faults"] = r.postcopy_faults;
+        j["x-dirtyring"]["postcopy-requests"] = r.postcopy_requests;
+        for (const auto& [name, value] : blocktime.items()) j[name] = value;
     }
-    write_json(a.json_internal.empty() ? a.json_path : a.json_internal,
-               a.json_internal.empty() ? json{{"destination", j}} : j);
+    write_json(a.json_internal.empty() ? a.json_path : a.json_internal, j);
     if (!continued) {
         std::cout << "destination: the guest did not run after the migration" << std::endl;
         return kExitFailed;
@@ -597,16 +639,23 @@ int run_main(Args a) {
         code = source_main(a, std::move(listener), &source_report);
     } catch (const std::exception& e) {
         std::cout << "source: " << e.what() << std::endl;
-        source_report = {{"error", e.what()}};
+        source_report = failed_report("failed", e.what(), json::object());
         ::kill(child, SIGTERM);
     }
     int status = 0;
     while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
     }
-    json both = {{"source", source_report}};
+    // One query-migrate object: the source's, with the destination's
+    // blocktime members beside it (where QEMU's destination reports them)
+    // and its whole report under x-dirtyring.destination.
+    json both = source_report;
     std::ifstream in(json_tmp);
-    const json dest_report = json::parse(in, nullptr, false);
-    both["destination"] = dest_report.is_discarded() ? json{{"error", "no report"}} : dest_report;
+    json dest_report = json::parse(in, nullptr, false);
+    if (dest_report.is_discarded())
+        dest_report = failed_report("failed", "the destination wrote no report", json::object());
+    for (const auto& [name, value] : dest_report.items())
+        if (name.starts_with("postcopy-")) both[name] = value;
+    both["x-dirtyring"]["destination"] = dest_report;
     ::unlink(json_tmp);
     write_json(a.json_path, both);
     const int dest_code = WIFEXITED(status) ? WEXITSTATUS(status) : kExitFailed;

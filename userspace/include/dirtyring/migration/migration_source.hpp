@@ -55,7 +55,11 @@ struct SourceReport {
     std::chrono::nanoseconds expected_downtime{0};  // the estimate at switch-over
     std::uint64_t pages_sent = 0;                   // page records, zero pages included
     std::uint64_t zero_pages = 0;
-    std::uint64_t bytes_sent = 0;
+    std::uint64_t bytes_sent = 0;  // both connections
+    // Of bytes_sent: before the switch to postcopy (all of it in a precopy
+    // migration), and after it (QEMU's precopy-bytes and postcopy-bytes).
+    std::uint64_t precopy_bytes = 0;
+    std::uint64_t postcopy_bytes = 0;
     std::uint64_t postcopy_requests = 0;
     std::uint64_t preempt_pages = 0;  // pages answered on the preempt channel
     // Of the memory at the stop, as sent; checked after the migration against
