@@ -3,6 +3,7 @@
 // a default migration succeeds and reports as JSON, and killing either
 // process ends the other with a clear error.
 #include <gtest/gtest.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -396,6 +397,66 @@ TEST(MigrateTool, ASecondSigintInPostcopyAbortsAndSaysTheGuestIsLost) {
     EXPECT_EQ(3, code) << run.text;
     EXPECT_NE(std::string::npos, run.text.find("source: the guest is lost")) << run.text;
     EXPECT_NE(std::string::npos, run.text.find("destination: migration failed")) << run.text;
+}
+
+// Not on a terminal, a long round is not silent: a plain progress line
+// comes every few seconds, before the round ends.
+TEST(MigrateTool, ALongRoundShowsItsProgress) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    int pipefd[2];
+    ASSERT_EQ(0, ::pipe(pipefd));
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        die_with_the_test();
+        ::dup2(pipefd[1], 1);
+        ::dup2(pipefd[1], 2);
+        // A first round of 16 MiB at 1 MiB/s.
+        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "--bandwidth", "1", "--memory", "32",
+                "--working-set", "16", "--dirty-rate", "2000", nullptr);
+        ::_exit(127);
+    }
+    ::close(pipefd[1]);
+    std::string out;
+    const bool shown = read_until(pipefd[0], "source: round 1: ", out);
+    ::kill(pid, SIGINT);
+    ::waitpid(pid, nullptr, 0);
+    out += drain(pipefd[0]);
+    ASSERT_TRUE(shown) << out;
+    // Before the round's own line, with what the round still has to send.
+    EXPECT_LT(out.find("source: round 1: "), out.find("round  1: sent")) << out;
+    const auto line = out.substr(out.find("source: round 1: "));
+    EXPECT_NE(std::string::npos, line.find("% of 8192 pages")) << line;
+    EXPECT_NE(std::string::npos, line.find("ETA")) << line;
+    EXPECT_EQ(std::string::npos, out.find("\033[K")) << "terminal codes in a pipe";
+}
+
+// On a terminal the progress line updates in place (erased and rewritten),
+// and is erased before the round's own line.
+TEST(MigrateTool, OnATerminalTheProgressLineUpdatesInPlace) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    int master = -1;
+    const pid_t pid = ::forkpty(&master, nullptr, nullptr, nullptr);
+    ASSERT_LE(0, pid);
+    if (pid == 0) {
+        die_with_the_test();
+        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "--bandwidth", "2", "--memory", "16",
+                "--working-set", "4", "--downtime-limit", "5000", nullptr);
+        ::_exit(127);
+    }
+    std::string out;
+    std::array<char, 4096> buf{};
+    ssize_t n;
+    // Read until the tool closes the terminal (EIO once it exited).
+    while ((n = ::read(master, buf.data(), buf.size())) > 0)
+        out.append(buf.data(), static_cast<std::size_t>(n));
+    ::close(master);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+    const std::string erase = "\r\033[K";
+    EXPECT_NE(std::string::npos, out.find(erase + "round 1: ")) << out;
+    EXPECT_NE(std::string::npos, out.find(erase + "round  1: sent")) << out;
+    EXPECT_EQ(std::string::npos, out.find("source: round 1: ")) << "plain lines on a terminal";
 }
 
 TEST(MigrateTool, KilledDestinationLeavesTheSourceGuestRunning) {

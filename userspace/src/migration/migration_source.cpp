@@ -181,6 +181,21 @@ MigrationSource::MigrationSource(MigratableGuest& guest, Channel& channel, Migra
     if (options_.max_rounds == 0) throw Error(EINVAL, "migration: max_rounds must be at least 1");
 }
 
+LiveProgress MigrationSource::live() const noexcept {
+    LiveProgress l;
+    l.round = live_round_.load(std::memory_order_relaxed);
+    l.round_pages = live_round_pages_.load(std::memory_order_relaxed);
+    l.pages_sent = live_pages_.load(std::memory_order_relaxed);
+    l.round_pages_sent =
+        std::min(l.round_pages, l.pages_sent - live_round_start_.load(std::memory_order_relaxed));
+    l.expected_downtime =
+        std::chrono::nanoseconds(live_expected_downtime_ns_.load(std::memory_order_relaxed));
+    if (const auto start = live_start_ns_.load(std::memory_order_relaxed))
+        l.elapsed = Clock::now().time_since_epoch() - std::chrono::nanoseconds(start);
+    l.postcopy = in_postcopy();
+    return l;
+}
+
 void MigrationSource::abort() noexcept {
     channel_.shutdown();
     if (preempt_) preempt_->shutdown();
@@ -195,6 +210,7 @@ void MigrationSource::check_cancel_and_failures(const ReturnPath& rp) {
 
 void MigrationSource::send_page(StreamWriter& writer, std::uint64_t page) {
     sent_->set(page, writer.page(page, guest_.memory() + page * kStreamPageSize));
+    live_pages_.fetch_add(1, std::memory_order_relaxed);
 }
 
 std::uint64_t MigrationSource::send_dirty(StreamWriter& writer, const ReturnPath& rp) {
@@ -271,6 +287,8 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServ
 
 SourceReport MigrationSource::run() {
     const auto start = Clock::now();
+    live_start_ns_.store(std::chrono::nanoseconds(start.time_since_epoch()).count(),
+                         std::memory_order_relaxed);
     const std::uint64_t pages = guest_.pages();
     SourceReport report;
     report.mode = "precopy";
@@ -313,6 +331,13 @@ SourceReport MigrationSource::run() {
         for (unsigned round = 1;; ++round) {
             const auto round_start = Clock::now();
             const auto bytes_before = channel_.bytes_written();
+            std::uint64_t round_pages = 0;
+            for (const std::uint64_t w : migration_)
+                round_pages += static_cast<std::uint64_t>(std::popcount(w));
+            live_round_start_.store(live_pages_.load(std::memory_order_relaxed),
+                                    std::memory_order_relaxed);
+            live_round_pages_.store(round_pages, std::memory_order_relaxed);
+            live_round_.store(round, std::memory_order_relaxed);
             const std::uint64_t sent = send_dirty(writer, rp);
             writer.round_end(round, sent);
             writer.flush();
@@ -336,6 +361,8 @@ SourceReport MigrationSource::run() {
             p.elapsed = Clock::now() - start;
             report.rounds = round;
             report.expected_downtime = p.expected_downtime;
+            live_expected_downtime_ns_.store(p.expected_downtime.count(),
+                                             std::memory_order_relaxed);
             if (progress_) progress_(p);
             check_cancel_and_failures(rp);
 

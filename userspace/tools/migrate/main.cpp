@@ -288,6 +288,41 @@ void write_json(const std::string& path, const json& j) {
     if (!out) throw Error(EIO, "cannot write the JSON report to " + path);
 }
 
+// On a terminal, the line that updates in place: erased before any other
+// line is printed.
+constexpr const char* kEraseLine = "\r\033[K";
+
+// The migration as it goes: round, share of the round, page rate, what the
+// round still sends, the last estimate of the downtime, elapsed and the
+// round's ETA; in postcopy, pages sent.
+std::string live_line(const dirtyring::LiveProgress& l, double pages_per_s) {
+    char line[256];
+    const double elapsed = static_cast<double>(l.elapsed.count()) / 1e9;
+    if (l.postcopy) {
+        std::snprintf(line, sizeof(line), "postcopy: %llu pages sent, %.1f MiB/s, elapsed %.1f s",
+                      static_cast<unsigned long long>(l.pages_sent),
+                      pages_per_s * dirtyring::KvmGuest::kPageSize / (1 << 20), elapsed);
+        return line;
+    }
+    const std::uint64_t left = l.round_pages - l.round_pages_sent;
+    const double percent = l.round_pages ? 100.0 * static_cast<double>(l.round_pages_sent) /
+                                               static_cast<double>(l.round_pages)
+                                         : 100.0;
+    char eta[32] = "?";
+    if (pages_per_s > 0)
+        std::snprintf(eta, sizeof(eta), "%.1f s", static_cast<double>(left) / pages_per_s);
+    char downtime[32] = "-";  // no estimate before a round ended
+    if (l.round > 1) std::snprintf(downtime, sizeof(downtime), "%.1f ms", ms(l.expected_downtime));
+    std::snprintf(line, sizeof(line),
+                  "round %u: %3.0f%% of %llu pages, %.1f MiB/s, remaining %s, expected downtime "
+                  "%s, elapsed %.1f s, ETA %s",
+                  l.round, percent, static_cast<unsigned long long>(l.round_pages),
+                  pages_per_s * dirtyring::KvmGuest::kPageSize / (1 << 20),
+                  mib(static_cast<double>(left * dirtyring::KvmGuest::kPageSize)).c_str(), downtime,
+                  elapsed, eta);
+    return line;
+}
+
 // Blocks SIGINT and SIGTERM in every thread created from here on: the main
 // thread takes them with sigtimedwait().
 sigset_t block_cancel_signals() {
@@ -327,8 +362,10 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
               << mib(static_cast<double>(a.working_set_mib << 20)) << " at "
               << workload_config(a, backend).dirty_rate << " pages/s; migrating to " << a.address
               << std::endl;
+    const bool tty = ::isatty(STDOUT_FILENO) == 1;
     dirtyring::MigrationSource source(
         *guest, channel, options, [&](const dirtyring::RoundProgress& p) {
+            if (tty) std::fputs(kEraseLine, stdout);
             std::printf(
                 "round %2u: sent %6llu pages, dirtied %6llu (%7.0f pages/s), remaining %s, "
                 "bandwidth %s/s, expected downtime %.1f ms\n",
@@ -368,9 +405,32 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
         finished.store(true);
     });
     bool cancelled = false, refused = false, aborted = false, announced = false;
+    // On a terminal the live line every 250 ms, in place; otherwise a plain
+    // one every 5 s, so that a long round is never silent.
+    const auto period = tty ? std::chrono::milliseconds(250) : std::chrono::milliseconds(5000);
+    auto last_line = std::chrono::steady_clock::now();
+    std::uint64_t last_pages = 0;
+    bool line_shown = false;
     while (!finished.load()) {
         const timespec tick{0, 50'000'000};
         const int sig = sigtimedwait(&signals, nullptr, &tick);
+        if (const auto now = std::chrono::steady_clock::now(); now - last_line >= period) {
+            const auto l = source.live();
+            const double seconds = std::chrono::duration<double>(now - last_line).count();
+            const double rate = static_cast<double>(l.pages_sent - last_pages) / seconds;
+            if (l.round > 0) {
+                std::printf("%s%s%s", tty ? kEraseLine : "source: ", live_line(l, rate).c_str(),
+                            tty ? "" : "\n");
+                std::fflush(stdout);
+                line_shown = tty;
+            }
+            last_line = now;
+            last_pages = l.pages_sent;
+        }
+        if (line_shown && (sig > 0 || (!announced && source.in_postcopy()))) {
+            std::fputs(kEraseLine, stdout);
+            line_shown = false;
+        }
         if (!announced && source.in_postcopy()) {
             std::cout << "source: switched to postcopy: the guest runs on the destination, which "
                          "requests the pages it lacks on the preempt channel"
@@ -395,6 +455,7 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
         }
     }
     migration_thread.join();
+    if (line_shown) std::fputs(kEraseLine, stdout);
 
     if (failure) {
         int code = kExitFailed;

@@ -46,6 +46,18 @@ struct RoundProgress {
     std::chrono::nanoseconds elapsed{0};  // since the migration started
 };
 
+// The migration as it goes, for a progress line: a snapshot any thread may
+// take at any time (live()), never blocking the migration thread.
+struct LiveProgress {
+    unsigned round = 0;             // 0 before the first round
+    std::uint64_t round_pages = 0;  // pages this round sends
+    std::uint64_t round_pages_sent = 0;
+    std::uint64_t pages_sent = 0;                   // since the start, every round and postcopy
+    std::chrono::nanoseconds expected_downtime{0};  // at the end of the last round
+    std::chrono::nanoseconds elapsed{0};
+    bool postcopy = false;
+};
+
 struct SourceReport {
     std::string mode;  // "precopy", "postcopy"
     bool converged = false;
@@ -95,6 +107,8 @@ public:
     // operator's last resort.  Any thread may call it.
     void abort() noexcept;
 
+    LiveProgress live() const noexcept;
+
 private:
     class ReturnPath;
     class PreemptServer;
@@ -114,6 +128,13 @@ private:
     Progress progress_;
     std::atomic<bool> cancelled_{false};
     std::atomic<bool> in_postcopy_{false};
+    // What live() shows; relaxed, each on its own.
+    std::atomic<unsigned> live_round_{0};
+    std::atomic<std::uint64_t> live_round_pages_{0};
+    std::atomic<std::uint64_t> live_round_start_{0};  // live_pages_ at the round's start
+    std::atomic<std::uint64_t> live_pages_{0};
+    std::atomic<std::int64_t> live_expected_downtime_ns_{0};
+    std::atomic<std::int64_t> live_start_ns_{0};  // steady_clock, 0 before run()
     // Pages still to send, one bit each; in postcopy the preempt channel's
     // thread takes bits too (atomically).
     std::vector<std::uint64_t> migration_;
