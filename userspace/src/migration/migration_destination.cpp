@@ -232,7 +232,8 @@ DestinationReport MigrationDestination::receive() {
                 writer.done(r.value);
                 report.digest = r.value;
                 // Both connections: the source's bytes_sent counts both too.
-                report.bytes_received = channel_.bytes_read() + (preempt_ ? preempt_->bytes_read() : 0);
+                report.bytes_received =
+                    channel_.bytes_read() + (preempt_ ? preempt_->bytes_read() : 0);
                 report.total_time = Clock::now() - start;
                 return report;
             }
