@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "dirtyring/migration/channel.hpp"
 #include "testing/kvm_guest.hpp"
 
 namespace {
@@ -180,6 +181,38 @@ TEST(MigrateTool, TcpByHostName) {
     }
     EXPECT_EQ(0, r.code) << r.output;
     EXPECT_NE(std::string::npos, r.output.find("verified")) << r.output;
+}
+
+// A source that opens only the migration stream (an older tool, or one
+// that died between its two connections): the destination says what is
+// missing instead of waiting on.
+TEST(MigrateTool, ASourceWithoutAPreemptChannelIsNamed) {
+    const std::string path = "/tmp/dirtyring-migrate-nopreempt." + std::to_string(::getpid());
+    ::unlink(path.c_str());
+    int pipefd[2];
+    ASSERT_EQ(0, ::pipe(pipefd));
+    const pid_t dest = ::fork();
+    if (dest == 0) {
+        die_with_the_test();
+        ::dup2(pipefd[1], 1);
+        ::dup2(pipefd[1], 2);
+        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "dest", "--listen", ("unix:" + path).c_str(),
+                nullptr);
+        ::_exit(127);
+    }
+    ::close(pipefd[1]);
+    std::string out;
+    ASSERT_TRUE(read_until(pipefd[0], "waiting for a source", out)) << out;
+    dirtyring::Channel stream =
+        dirtyring::Channel::connect(dirtyring::ChannelAddress::parse("unix:" + path), 10s);
+    const int code = [&] {
+        int status = 0;
+        ::waitpid(dest, &status, 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }();
+    out += drain(pipefd[0]);
+    EXPECT_EQ(1, code) << out;
+    EXPECT_NE(std::string::npos, out.find("the source opened no preempt channel")) << out;
 }
 
 TEST(MigrateTool, AddressInUseIsAUsageError) {

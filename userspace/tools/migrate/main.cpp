@@ -557,7 +557,18 @@ int dest_main(const Args& a, Listener listener) {
     std::cout << "destination: waiting for a source on " << a.address << " (for up to "
               << std::chrono::seconds(kAcceptTimeout).count() << " s)" << std::endl;
     Channel channel = listener.accept(kAcceptTimeout);
-    Channel preempt = listener.accept(kPreemptAcceptTimeout);
+    const auto accept_preempt = [&] {
+        try {
+            return listener.accept(kPreemptAcceptTimeout);
+        } catch (const Error& e) {
+            if (e.errnum() != ETIMEDOUT) throw;
+            throw Error(ETIMEDOUT, "the source opened no preempt channel within " +
+                                       std::to_string(kPreemptAcceptTimeout.count()) +
+                                       " s of its migration stream (is it an older "
+                                       "dirtyring-migrate?)");
+        }
+    };
+    Channel preempt = accept_preempt();
     // Counters of each vCPU at the switch-over and now, whatever the kind.
     std::function<std::pair<std::uint64_t, std::uint64_t>(unsigned)> counters;
     dirtyring::MigrationDestination destination(
