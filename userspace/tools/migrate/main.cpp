@@ -235,18 +235,25 @@ std::string choose_backend(const Args& a) {
 struct SourceGuest {
     std::unique_ptr<dirtyring::MigratableGuest> guest;
     std::function<bool(std::chrono::milliseconds)> wait_first_pass;
+    // The module's: entries per ring, vCPU rings then the per-VM ring.
+    std::function<std::vector<std::uint64_t>()> ring_pages;
 };
 
 template <typename Workload>
 SourceGuest adopt_source(std::unique_ptr<Workload> guest) {
     auto* raw = guest.get();
     return {std::move(guest),
-            [raw](std::chrono::milliseconds t) { return raw->wait_first_pass(t); }};
+            [raw](std::chrono::milliseconds t) { return raw->wait_first_pass(t); },
+            {}};
 }
 
 SourceGuest make_source_guest(const std::string& backend, const WorkloadConfig& config) {
     if (backend == "kvm") return adopt_source(KvmWorkload::source(config));
-    return adopt_source(ModuleWorkload::source(config));
+    auto module = ModuleWorkload::source(config);
+    auto* raw = module.get();
+    SourceGuest g = adopt_source(std::move(module));
+    g.ring_pages = [raw] { return raw->ring_pages(); };
+    return g;
 }
 
 std::string mib(double bytes) {
@@ -337,7 +344,8 @@ sigset_t block_cancel_signals() {
 int source_main(const Args& a, std::optional<Listener> own_listener, json* report_out = nullptr) {
     const sigset_t signals = block_cancel_signals();
     const std::string backend = choose_backend(a);
-    auto [guest, wait_first_pass] = make_source_guest(backend, workload_config(a, backend));
+    auto [guest, wait_first_pass, ring_pages] =
+        make_source_guest(backend, workload_config(a, backend));
     guest->start();
     if (!wait_first_pass(10s)) {
         if (auto e = guest->failure()) std::rethrow_exception(e);
@@ -512,6 +520,30 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
             "preempt channel\n",
             static_cast<unsigned long long>(r.postcopy_requests),
             static_cast<unsigned long long>(r.preempt_pages));
+    // Which rings the module's pages came through: each vCPU's, and the
+    // per-VM ring for the I/O thread's writes.
+    json rings = json::array();
+    std::string rings_text;
+    if (ring_pages) {
+        const auto pages = ring_pages();
+        for (std::size_t i = 0; i < pages.size(); ++i) {
+            const bool vm_ring = i + 1 == pages.size();
+            rings.push_back(
+                {{"ring", vm_ring ? "vm" : "vcpu " + std::to_string(i)}, {"entries", pages[i]}});
+            rings_text += (i ? ", " : "") +
+                          (vm_ring ? std::string("per-VM ring (I/O thread) ")
+                                   : "vCPU " + std::to_string(i) + " ring ") +
+                          std::to_string(pages[i]);
+        }
+        std::printf("source: dirty pages logged by the module: %s\n", rings_text.c_str());
+    }
+    // One line to compare runs by (make demo puts them side by side).
+    std::printf(
+        "summary: %s guest, %s, %u round(s), downtime %.1f ms (expected %.1f ms), %llu pages "
+        "sent%s%s\n",
+        backend.c_str(), r.mode.c_str(), r.rounds, ms(r.downtime), ms(r.expected_downtime),
+        static_cast<unsigned long long>(r.pages_sent),
+        rings_text.empty() ? "" : "; rings: ", rings_text.c_str());
     std::fflush(stdout);
     // QEMU's query-migrate on the source, this tool's own under x-dirtyring.
     const double seconds = static_cast<double>(r.total_time.count()) / 1e9;
@@ -546,6 +578,8 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                 {"downtime-limit", a.downtime_ms},
                 {"preempt-pages", r.preempt_pages},
                 {"memory-digest", r.digest},
+                {"backend", backend},
+                {"ring-entries", rings},
                 {"rounds", rounds}}}};
     // In a forked run, run_main() adds the destination's half once it ended.
     if (a.mode != "run") write_json(a.json_path, j);

@@ -137,6 +137,14 @@ std::uint64_t ModuleWorkload::harvest_into(std::vector<std::uint64_t>& migration
     return newly;
 }
 
+std::vector<std::uint64_t> ModuleWorkload::ring_pages() {
+    std::vector<std::uint64_t> pages;
+    if (!vm_) return pages;
+    for (unsigned i = 0; i < config_.vcpus; ++i) pages.push_back(vm_->vcpu(i).ring_status().pushed);
+    pages.push_back(vm_->ring_status().pushed);
+    return pages;
+}
+
 std::vector<std::byte> ModuleWorkload::save_vcpu(unsigned vcpu) {
     const WriterState& s = state_.at(vcpu);
     const auto* p = reinterpret_cast<const std::byte*>(&s);

@@ -59,6 +59,10 @@ public:
     // Pages the per-VM ring gave (writes of the unbound I/O thread and
     // anything else not bound to a vCPU).
     std::uint64_t vm_ring_pages() const noexcept { return vm_ring_pages_.load(); }
+    // Entries each ring took since the VM was created, vCPU rings first,
+    // the per-VM ring last, as the module counts them; empty on the
+    // destination (no module VM there).
+    std::vector<std::uint64_t> ring_pages();
 
 private:
     struct WriterState {
