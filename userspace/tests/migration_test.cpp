@@ -547,9 +547,10 @@ TEST(MigrationFailure, PreemptChannelBrokenMidPostcopyEndsBothSidesWithoutAHang)
     MigrationSource source(*guest, src, options);
     source.use_preempt_channel(psrc);
     std::string message;
+    // The destination gives up both connections once its preempt channel
+    // broke: whichever the source notices first.
     const int err = errno_of([&] { source.run(); }, &message);
     EXPECT_TRUE(err == EPIPE || err == ECONNRESET) << message;
-    EXPECT_NE(std::string::npos, message.find("preempt channel")) << message;
     const int dest_err = errno_of([&] { r.received.get(); }, &message);
     // Its requests fail first (EPIPE), or the main stream's end (ECONNRESET).
     EXPECT_TRUE(dest_err == EPIPE || dest_err == ECONNRESET) << message;
@@ -644,6 +645,97 @@ INSTANTIATE_TEST_SUITE_P(
                                     kBoth, true, 32, "not this migration's preempt"},
                     PreemptMismatch{"unknown_flag", 4, -1, false, 64, "unknown flags 4"}),
     [](const auto& p) { return std::string(p.param.name); });
+
+// The destination's preempt reader fails (here a record that is not a
+// page) while the main stream stays open and silent: the destination must
+// end with that reason, not wait on the main stream, and tell the source.
+TEST(MigrationFailure, ABrokenPreemptReaderEndsTheDestinationWithItsReason) {
+    SKIP_WITHOUT_KVM();
+    auto guest = KvmWorkload::source(small_guest(1));
+    guest->start();
+    guest->stop();
+    const std::vector<std::byte> state = guest->save_vcpu(0);
+    auto [src, dst] = channel_pair();
+    auto [psrc, pdst] = channel_pair();
+    StreamWriter main(src);
+    main.header(guest->pages(), 1, guest->kind(), dirtyring::kStreamPreempt);
+    StreamWriter preempt(psrc);
+    preempt.header(guest->pages(), 1, guest->kind(), kBoth);
+    psrc.flush();
+    // The whole memory, so that the guest runs normally there.
+    for (std::uint64_t page = 0; page < guest->pages(); ++page)
+        main.page(page, guest->memory() + page * kStreamPageSize);
+    main.vcpu_state(0, state);
+    main.postcopy({});
+    src.flush();
+    Receiving r(dst, false, &pdst);
+    preempt.round_end(1, 0);
+    psrc.flush();
+    std::string message;
+    EXPECT_EQ(EPROTO, errno_of([&] { r.received.get(); }, &message)) << message;
+    EXPECT_NE(std::string::npos, message.find("preempt channel")) << message;
+}
+
+// A guest that runs `on_stop` as the source stops it: the moment between
+// the last precopy round and the Postcopy record.
+class StopHook : public MigratableGuest {
+public:
+    StopHook(MigratableGuest& inner, std::function<void()> on_stop)
+        : inner_(inner), on_stop_(std::move(on_stop)) {}
+    std::uint32_t kind() const noexcept override { return inner_.kind(); }
+    std::byte* memory() noexcept override { return inner_.memory(); }
+    std::uint64_t pages() const noexcept override { return inner_.pages(); }
+    unsigned vcpus() const noexcept override { return inner_.vcpus(); }
+    void start() override { inner_.start(); }
+    void stop() override {
+        inner_.stop();
+        if (on_stop_) std::exchange(on_stop_, {})();
+    }
+    std::exception_ptr failure() const override { return inner_.failure(); }
+    std::uint64_t harvest_into(std::vector<std::uint64_t>& migration) override {
+        return inner_.harvest_into(migration);
+    }
+    std::vector<std::byte> save_vcpu(unsigned vcpu) override { return inner_.save_vcpu(vcpu); }
+    void restore_vcpu(unsigned vcpu, std::span<const std::byte> state) override {
+        inner_.restore_vcpu(vcpu, state);
+    }
+    std::uint64_t progress(unsigned vcpu) override { return inner_.progress(vcpu); }
+    void set_vcpu_thread_hook(VcpuThreadHook hook) override {
+        inner_.set_vcpu_thread_hook(std::move(hook));
+    }
+
+private:
+    MigratableGuest& inner_;
+    std::function<void()> on_stop_;
+};
+
+// A cancel that comes while the source stops its guest for postcopy, before
+// the Postcopy record went out, still wins: the guest never left, so it
+// runs on here and the destination discards its copy.
+TEST(MigrationFailure, ACancelAsPostcopyBeginsStillCancels) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto [psrc, pdst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(1));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    Receiving r(dst, false, &pdst);
+    MigrationOptions options;
+    options.postcopy = true;
+    MigrationSource* self = nullptr;
+    bool accepted = false;
+    StopHook hooked(*guest, [&] { accepted = self->cancel(); });
+    MigrationSource source(hooked, src, options);
+    self = &source;
+    source.use_preempt_channel(psrc);
+    std::string message;
+    EXPECT_EQ(ECANCELED, errno_of([&] { source.run(); }, &message)) << message;
+    EXPECT_TRUE(accepted);
+    EXPECT_FALSE(source.in_postcopy());
+    EXPECT_EQ(ECANCELED, errno_of([&] { r.received.get(); }));
+    EXPECT_EQ(nullptr, r.d.guest) << "the destination started a guest the source runs";
+    EXPECT_TRUE(keeps_running(*guest)) << "the source guest was not restarted";
+}
 
 TEST(MigrationOptionsTest, ZeroRoundsIsRefused) {
     auto [src, dst] = channel_pair();

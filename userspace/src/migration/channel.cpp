@@ -105,8 +105,9 @@ bool someone_listens_at(const std::string& path) {
     while (std::getline(in, line)) {
         std::istringstream fields(line);
         std::string num, refs, protocol, flags, type, state, inode, name;
-        if (!(fields >> num >> refs >> protocol >> flags >> type >> state >> inode >> name))
-            continue;  // unnamed
+        if (!(fields >> num >> refs >> protocol >> flags >> type >> state >> inode)) continue;
+        std::getline(fields >> std::ws, name);  // the rest: a path may hold spaces
+        if (name.empty()) continue;             // unnamed
         if ((std::stoul(flags, nullptr, 16) & kAcceptCon) && base(name) == base(path)) return true;
     }
     return false;

@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -101,7 +102,8 @@ DestinationReport MigrationDestination::receive() {
     } stop_postcopy{postcopy};
     // The preempt channel's reader: requested pages, then the source's End.
     std::jthread preempt_reader;
-    std::exception_ptr preempt_failure;
+    std::exception_ptr preempt_failure;       // the reader's, read after join
+    std::atomic<bool> preempt_failed{false};  // it failed on its own, first
     std::optional<std::uint64_t> preempt_end;
     std::uint64_t preempt_pages = 0;
     const auto read_preempt = [&] {
@@ -126,6 +128,12 @@ DestinationReport MigrationDestination::receive() {
         } catch (const Error& e) {
             preempt_failure = std::make_exception_ptr(
                 Error(e.errnum(), std::string("preempt channel: ") + e.what()));
+            preempt_failed.store(true, std::memory_order_release);
+            // Nobody reads this channel any more: the source would block
+            // on its answers, and this side wait for pages forever.  Both
+            // connections go, and the main loop reports this failure.
+            preempt_->shutdown();
+            channel_.shutdown();
         }
     };
     // On any error the reader is woken and joined, before postcopy stops.
@@ -148,12 +156,26 @@ DestinationReport MigrationDestination::receive() {
         if (postcopy)
             guest_->set_vcpu_thread_hook(
                 [&p = *postcopy](unsigned vcpu, pid_t tid) { p.register_vcpu_thread(tid, vcpu); });
-        guest_started_ = true;
+        // In precopy the source still has the guest until it reads Done.
+        guest_started_ = postcopy.has_value();
         guest_->start();
     };
 
+    // The main stream ends first when the preempt reader failed: its
+    // failure is the reason then.
+    const auto next = [&]() -> const Record& {
+        try {
+            return reader.next();
+        } catch (const Error&) {
+            if (preempt_reader.joinable() && preempt_failed.load(std::memory_order_acquire)) {
+                preempt_reader.join();
+                std::rethrow_exception(preempt_failure);
+            }
+            throw;
+        }
+    };
     for (;;) {
-        const Record& r = reader.next();
+        const Record& r = next();
         switch (r.type) {
             case RecordType::Page:
                 if (postcopy)

@@ -120,16 +120,24 @@ public:
     }
     ~PreemptServer() = default;  // the owner shuts the channel down first
 
+    // Never waits for an answer being sent (its lock is held across the
+    // send): the background stream goes on meanwhile.
     void check() const {
+        if (!failed_.load(std::memory_order_acquire)) return;
         std::lock_guard lock(mutex_);
-        if (failure_) std::rethrow_exception(failure_);
+        std::rethrow_exception(failure_);
     }
     // After the last background page: no page goes out here after End.
-    void finish(std::uint64_t digest) {
+    // The digest is taken under the lock, once no answer is half sent (a
+    // page whose bit this thread took but whose hash it had not stored
+    // yet), and returned for the main stream's End.
+    std::uint64_t finish() {
         std::lock_guard lock(mutex_);
         if (failure_) std::rethrow_exception(failure_);
         finished_ = true;
+        const std::uint64_t digest = source_.sent_->digest();
         writer_.end(digest);
+        return digest;
     }
     void join() {
         if (thread_.joinable()) thread_.join();
@@ -159,9 +167,11 @@ private:
         } catch (const Error& e) {
             std::lock_guard lock(mutex_);
             // After finish() the channel's end is expected.
-            if (!finished_ && !failure_)
+            if (!finished_ && !failure_) {
                 failure_ = std::make_exception_ptr(
                     Error(e.errnum(), std::string("preempt channel: ") + e.what()));
+                failed_.store(true, std::memory_order_release);
+            }
         }
     }
 
@@ -170,6 +180,7 @@ private:
     StreamWriter writer_;  // under mutex_
     mutable std::mutex mutex_;
     bool finished_ = false;
+    std::atomic<bool> failed_{false};  // failure_ is set
     std::uint64_t answered_ = 0;
     std::exception_ptr failure_;
     std::jthread thread_;
@@ -204,7 +215,7 @@ void MigrationSource::abort() noexcept {
 void MigrationSource::check_cancel_and_failures(const ReturnPath& rp) {
     if (auto e = guest_.failure()) std::rethrow_exception(e);
     rp.check();
-    if (cancelled_.load(std::memory_order_acquire))
+    if (phase_.load(std::memory_order_acquire) == Phase::Cancelled)
         throw Error(ECANCELED, "migration cancelled; the source guest keeps running");
 }
 
@@ -232,8 +243,7 @@ void MigrationSource::send_vcpus(StreamWriter& writer) {
 }
 
 void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
-                               SourceReport& report) {
-    in_postcopy_.store(true, std::memory_order_release);
+                               SourceReport& report, bool& guest_left) {
     report.precopy_bytes = channel_.bytes_written();
     const auto stop = Clock::now();
     guest_.stop();
@@ -250,6 +260,13 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServ
             stale.push_back({p, 1});
     }
     send_vcpus(writer);
+    // The last moment a cancel wins (and the guest runs on here); from the
+    // Postcopy record on, it may run there, and must never run here again.
+    check_cancel_and_failures(rp);
+    Phase expected = Phase::Precopy;
+    if (!phase_.compare_exchange_strong(expected, Phase::Postcopy, std::memory_order_acq_rel))
+        throw Error(ECANCELED, "migration cancelled; the source guest keeps running");
+    guest_left = true;
     writer.postcopy(stale);
     report.downtime = Clock::now() - stop;
     report.mode = "postcopy";
@@ -279,9 +296,7 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServ
         if (!preempt && (++background % kPostcopyBatch == 0 || rp.requests_pending()))
             writer.flush();
     }
-    // The preempt thread's pages are in sent_ once finish() took its lock.
-    if (preempt) preempt->finish(sent_->digest());
-    report.digest = sent_->digest();
+    report.digest = preempt ? preempt->finish() : sent_->digest();
     writer.end(report.digest);
 }
 
@@ -373,9 +388,8 @@ SourceReport MigrationSource::run() {
             }
             if (options_.postcopy ||
                 (round >= options_.max_rounds && options_.postcopy_if_not_converged)) {
-                guest_left = true;
                 stopped = true;
-                postcopy(writer, rp, preempt ? &*preempt : nullptr, report);
+                postcopy(writer, rp, preempt ? &*preempt : nullptr, report, guest_left);
                 break;
             }
             if (round >= options_.max_rounds) break;  // forced switch-over

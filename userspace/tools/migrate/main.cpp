@@ -373,11 +373,12 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
     const bool tty = ::isatty(STDOUT_FILENO) == 1;
     dirtyring::MigrationSource source(
         *guest, channel, options, [&](const dirtyring::RoundProgress& p) {
-            if (tty) std::fputs(kEraseLine, stdout);
+            // One call, so that the main thread's live line never lands
+            // between the erase and the line.
             std::printf(
-                "round %2u: sent %6llu pages, dirtied %6llu (%7.0f pages/s), remaining %s, "
+                "%sround %2u: sent %6llu pages, dirtied %6llu (%7.0f pages/s), remaining %s, "
                 "bandwidth %s/s, expected downtime %.1f ms\n",
-                p.round, static_cast<unsigned long long>(p.pages_sent),
+                tty ? kEraseLine : "", p.round, static_cast<unsigned long long>(p.pages_sent),
                 static_cast<unsigned long long>(p.dirty_pages), p.dirty_rate,
                 mib(static_cast<double>(p.pending_bytes)).c_str(), mib(p.bandwidth).c_str(),
                 ms(p.expected_downtime));
@@ -446,10 +447,9 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
             announced = true;
         }
         if (sig != SIGINT && sig != SIGTERM) continue;
-        if (!source.in_postcopy()) {
+        if (source.cancel()) {  // still in precopy: the cancel wins over a switch
             if (!cancelled) std::cout << "source: cancelling the migration" << std::endl;
             cancelled = true;
-            source.cancel();
         } else if (!refused) {
             std::cout << "source: cannot cancel: in postcopy the guest runs on the destination, "
                          "which has only part of its memory; finishing the migration (signal "

@@ -77,9 +77,10 @@ public:
     // The migrated guest, running; only after run() returned.
     MigratableGuest& guest() { return *guest_; }
 
-    // Whether the guest ever started here, after run() returned or threw:
-    // a postcopy that failed after that lost the guest (the source stopped
-    // it for good, this side discarded its partial copy).
+    // Whether the guest started here in postcopy, after run() returned or
+    // threw: a postcopy that failed after that lost the guest (the source
+    // stopped it for good, this side discarded its partial copy).  A
+    // precopy that fails after its start here leaves it with the source.
     bool guest_started() const noexcept { return guest_started_; }
 
 private:

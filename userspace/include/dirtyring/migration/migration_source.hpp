@@ -94,12 +94,23 @@ public:
     void use_preempt_channel(Channel& preempt) noexcept { preempt_ = &preempt; }
 
     SourceReport run();
-    void cancel() noexcept { cancelled_.store(true, std::memory_order_release); }
+    // Asks run() to cancel; true when it will (precopy, or cancelled
+    // already), false once the guest left for the destination in postcopy,
+    // which nothing can undo.  Either the cancel or the switch to postcopy
+    // wins, never both.
+    bool cancel() noexcept {
+        Phase expected = Phase::Precopy;
+        return phase_.compare_exchange_strong(expected, Phase::Cancelled,
+                                              std::memory_order_acq_rel) ||
+               expected == Phase::Cancelled;
+    }
 
-    // From the switch to postcopy on, the guest runs on the destination
-    // with only part of its memory there: cancel() cannot bring it back and
-    // is ignored.  Any thread may ask.
-    bool in_postcopy() const noexcept { return in_postcopy_.load(std::memory_order_acquire); }
+    // From the switch to postcopy on (the Postcopy record is on its way),
+    // the guest runs on the destination with only part of its memory there.
+    // Any thread may ask.
+    bool in_postcopy() const noexcept {
+        return phase_.load(std::memory_order_acquire) == Phase::Postcopy;
+    }
 
     // Ends the migration at once, whatever its phase, by shutting its
     // connections: run() throws, and the destination fails too.  In
@@ -118,16 +129,18 @@ private:
     void send_page(StreamWriter& writer, std::uint64_t page);
     std::uint64_t send_dirty(StreamWriter& writer, const ReturnPath& rp);
     void send_vcpus(StreamWriter& writer);
+    // Sets guest_left as the guest's state goes out: until then a failure
+    // or a cancel still restarts the source guest.
     void postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
-                  SourceReport& report);
+                  SourceReport& report, bool& guest_left);
 
     MigratableGuest& guest_;
     Channel& channel_;
     Channel* preempt_ = nullptr;
     MigrationOptions options_;
     Progress progress_;
-    std::atomic<bool> cancelled_{false};
-    std::atomic<bool> in_postcopy_{false};
+    enum class Phase { Precopy, Cancelled, Postcopy };
+    std::atomic<Phase> phase_{Phase::Precopy};
     // What live() shows; relaxed, each on its own.
     std::atomic<unsigned> live_round_{0};
     std::atomic<std::uint64_t> live_round_pages_{0};
