@@ -16,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "dirtyring/migration/channel.hpp"
 #include "testing/kvm_guest.hpp"
@@ -73,6 +74,36 @@ bool read_until(int fd, const std::string& needle, std::string& out) {
 // In a forked child: a test killed midway (timeout) takes its tools along.
 void die_with_the_test() {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+// The tool started with `args`, its stdout and stderr on one pipe.
+struct Spawned {
+    pid_t pid = -1;
+    int out = -1;  // the pipe's read end
+};
+
+Spawned spawn_tool(const std::vector<std::string>& args) {
+    int pipefd[2];
+    if (::pipe(pipefd)) return {};
+    std::vector<char*> argv{const_cast<char*>(DIRTYRING_MIGRATE)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        die_with_the_test();
+        ::dup2(pipefd[1], 1);
+        ::dup2(pipefd[1], 2);
+        ::execv(DIRTYRING_MIGRATE, argv.data());
+        ::_exit(127);
+    }
+    ::close(pipefd[1]);
+    return {pid, pipefd[0]};
+}
+
+int wait_exit(pid_t pid) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 struct BadArgs {
@@ -189,28 +220,14 @@ TEST(MigrateTool, TcpByHostName) {
 TEST(MigrateTool, ASourceWithoutAPreemptChannelIsNamed) {
     const std::string path = "/tmp/dirtyring-migrate-nopreempt." + std::to_string(::getpid());
     ::unlink(path.c_str());
-    int pipefd[2];
-    ASSERT_EQ(0, ::pipe(pipefd));
-    const pid_t dest = ::fork();
-    if (dest == 0) {
-        die_with_the_test();
-        ::dup2(pipefd[1], 1);
-        ::dup2(pipefd[1], 2);
-        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "dest", "--listen", ("unix:" + path).c_str(),
-                nullptr);
-        ::_exit(127);
-    }
-    ::close(pipefd[1]);
+    const Spawned dest = spawn_tool({"dest", "--listen", "unix:" + path});
+    ASSERT_LT(0, dest.pid);
     std::string out;
-    ASSERT_TRUE(read_until(pipefd[0], "waiting for a source", out)) << out;
+    ASSERT_TRUE(read_until(dest.out, "waiting for a source", out)) << out;
     dirtyring::Channel stream =
         dirtyring::Channel::connect(dirtyring::ChannelAddress::parse("unix:" + path), 10s);
-    const int code = [&] {
-        int status = 0;
-        ::waitpid(dest, &status, 0);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }();
-    out += drain(pipefd[0]);
+    const int code = wait_exit(dest.pid);
+    out += drain(dest.out);
     EXPECT_EQ(1, code) << out;
     EXPECT_NE(std::string::npos, out.find("the source opened no preempt channel")) << out;
 }
@@ -337,28 +354,17 @@ ToolRun kill_one(bool kill_source) {
 
 TEST(MigrateTool, SigintCancelsAndTheSourceGuestKeepsRunning) {
     if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
-    int pipefd[2];
-    ASSERT_EQ(0, ::pipe(pipefd));
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        die_with_the_test();
-        ::dup2(pipefd[1], 1);
-        ::dup2(pipefd[1], 2);
-        // Never converges: still in precopy when the signal comes.
-        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "--bandwidth", "4", "--downtime-limit", "1",
-                "--max-rounds", "10000", nullptr);
-        ::_exit(127);
-    }
-    ::close(pipefd[1]);
+    // Never converges: still in precopy when the signal comes.
+    const Spawned run =
+        spawn_tool({"--bandwidth", "4", "--downtime-limit", "1", "--max-rounds", "10000"});
+    ASSERT_LT(0, run.pid);
     // Still in precopy (it never converges) once a round is reported.
     std::string out;
-    ASSERT_TRUE(read_until(pipefd[0], "round  1:", out)) << out;
-    ::kill(pid, SIGINT);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    out += drain(pipefd[0]);
-    ASSERT_TRUE(WIFEXITED(status)) << out;
-    EXPECT_EQ(130, WEXITSTATUS(status)) << out;
+    ASSERT_TRUE(read_until(run.out, "round  1:", out)) << out;
+    ::kill(run.pid, SIGINT);
+    const int code = wait_exit(run.pid);
+    out += drain(run.out);
+    EXPECT_EQ(130, code) << out;
     EXPECT_NE(std::string::npos, out.find("source: cancelling the migration")) << out;
     EXPECT_NE(std::string::npos, out.find("the guest keeps running on the source")) << out;
     EXPECT_NE(std::string::npos, out.find("destination: migration failed: the source cancelled"))
@@ -376,27 +382,9 @@ struct PostcopyRun {
 };
 
 PostcopyRun start_slow_postcopy() {
-    PostcopyRun run;
-    int pipefd[2];
-    if (::pipe(pipefd)) return run;
-    run.pid = ::fork();
-    if (run.pid == 0) {
-        die_with_the_test();
-        ::dup2(pipefd[1], 1);
-        ::dup2(pipefd[1], 2);
-        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "--postcopy", "--bandwidth", "1", "--memory",
-                "16", "--working-set", "4", "--dirty-rate", "400", nullptr);
-        ::_exit(127);
-    }
-    ::close(pipefd[1]);
-    run.out = pipefd[0];
-    return run;
-}
-
-int wait_exit(pid_t pid) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    const Spawned spawned = spawn_tool({"--postcopy", "--bandwidth", "1", "--memory", "16",
+                                        "--working-set", "4", "--dirty-rate", "400"});
+    return {spawned.pid, spawned.out, {}};
 }
 
 TEST(MigrateTool, SigintInPostcopyIsRefusedAndTheMigrationFinishes) {
@@ -436,24 +424,15 @@ TEST(MigrateTool, ASecondSigintInPostcopyAbortsAndSaysTheGuestIsLost) {
 // comes every few seconds, before the round ends.
 TEST(MigrateTool, ALongRoundShowsItsProgress) {
     if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
-    int pipefd[2];
-    ASSERT_EQ(0, ::pipe(pipefd));
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        die_with_the_test();
-        ::dup2(pipefd[1], 1);
-        ::dup2(pipefd[1], 2);
-        // A first round of 16 MiB at 1 MiB/s.
-        ::execl(DIRTYRING_MIGRATE, DIRTYRING_MIGRATE, "--bandwidth", "1", "--memory", "32",
-                "--working-set", "16", "--dirty-rate", "2000", nullptr);
-        ::_exit(127);
-    }
-    ::close(pipefd[1]);
+    // A first round of 16 MiB at 1 MiB/s.
+    const Spawned run = spawn_tool(
+        {"--bandwidth", "1", "--memory", "32", "--working-set", "16", "--dirty-rate", "2000"});
+    ASSERT_LT(0, run.pid);
     std::string out;
-    const bool shown = read_until(pipefd[0], "source: round 1: ", out);
-    ::kill(pid, SIGINT);
-    ::waitpid(pid, nullptr, 0);
-    out += drain(pipefd[0]);
+    const bool shown = read_until(run.out, "source: round 1: ", out);
+    ::kill(run.pid, SIGINT);
+    wait_exit(run.pid);
+    out += drain(run.out);
     ASSERT_TRUE(shown) << out;
     // Before the round's own line, with what the round still has to send.
     EXPECT_LT(out.find("source: round 1: "), out.find("round  1: sent")) << out;
