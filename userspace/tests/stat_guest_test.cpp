@@ -509,12 +509,15 @@ TEST_F(StatGuest, EventsShowResetsWaitsAndVmLifetimes) {
             if (small.poll(10ms).harvestable) harvested += harvester.harvest([](auto) {});
         writer.join();
         harvested += harvester.harvest([](auto) {});
-        // A store that waited is executed again after the reset and may log
-        // its page once more: at most one duplicate per wait.
+        // A store in flight across a reset is executed again and may log its
+        // page once more.  That race needs no wait (module_vm_guest_test's
+        // expect_each_page_once_but_in_flight says why), so what bounds the
+        // duplicates of this one writer is the resets, not the waits: the
+        // debug kernel once logged 102 pages for 100 writes and 1 wait.
         const std::uint64_t waits = small.vcpu(0).ring_status().waits;
         EXPECT_LE(1U, waits);
         EXPECT_LE(100U, harvested);
-        EXPECT_GE(100U + waits, harvested);
+        EXPECT_GE(100U + harvester.stats().resets, harvested);
     }
     for (int i = 0; i < 200 && find("vm_destroyed", small_id) > tool.lines().size(); ++i)
         tool.pump(50ms);
