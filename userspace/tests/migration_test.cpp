@@ -18,6 +18,7 @@
 #include "dirtyring/migration/migration_source.hpp"
 #include "dirtyring/migration/migration_stream.hpp"
 #include "kvm_workload.hpp"
+#include "migration_test_support.hpp"
 #include "testing/kvm_guest.hpp"
 
 namespace {
@@ -37,33 +38,7 @@ using dirtyring::UniqueFd;
 using dirtyring::migrate::KvmWorkload;
 using dirtyring::migrate::WorkloadConfig;
 using namespace std::chrono_literals;
-
-#define SKIP_WITHOUT_KVM()                                                              \
-    do {                                                                                \
-        if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why; \
-    } while (0)
-
-struct Pair {
-    Channel a;
-    Channel b;
-};
-
-Pair channel_pair() {
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds))
-        dirtyring::throw_errno("socketpair");
-    return Pair{Channel(UniqueFd(fds[0])), Channel(UniqueFd(fds[1]))};
-}
-
-int errno_of(const std::function<void()>& f, std::string* message = nullptr) {
-    try {
-        f();
-    } catch (const Error& e) {
-        if (message) *message = e.what();
-        return e.errnum();
-    }
-    return 0;
-}
+using namespace dirtyring::testing_support;
 
 std::vector<std::byte> page_of(std::uint8_t fill) {
     return std::vector<std::byte>(kStreamPageSize, std::byte{fill});
@@ -133,7 +108,7 @@ void put(std::vector<std::byte>& out, const T& v) {
 
 std::vector<std::byte> header_bytes(std::uint32_t version = dirtyring::kStreamVersion,
                                     std::uint64_t pages = 16, std::uint32_t vcpus = 1,
-                                    const char* magic = "DRMIGRT", std::uint32_t reserved = 0) {
+                                    const char* magic = "DRMIGRT", std::uint32_t session = 1) {
     dirtyring::StreamHeader h{};
     std::memcpy(h.magic, magic, 8);
     h.version = version;
@@ -141,7 +116,7 @@ std::vector<std::byte> header_bytes(std::uint32_t version = dirtyring::kStreamVe
     h.pages = pages;
     h.vcpus = vcpus;
     h.guest = 1;
-    h.reserved = reserved;
+    h.session = session;
     std::vector<std::byte> out;
     put(out, h);
     return out;
@@ -170,6 +145,7 @@ std::vector<std::byte> page_record(std::uint64_t index, bool corrupt) {
 }
 
 class MigrationStreamRejects : public testing::TestWithParam<BadStream> {};
+constexpr std::uint32_t kV = dirtyring::kStreamVersion;
 
 TEST_P(MigrationStreamRejects, WithAClearError) {
     auto [src, dst] = channel_pair();
@@ -191,14 +167,27 @@ TEST_P(MigrationStreamRejects, WithAClearError) {
 INSTANTIATE_TEST_SUITE_P(
     Table, MigrationStreamRejects,
     testing::Values(
-        BadStream{"bad_magic", [] { return header_bytes(1, 16, 1, "NOTMINE"); }, EPROTO,
+        BadStream{"bad_magic", [] { return header_bytes(kV, 16, 1, "NOTMINE"); }, EPROTO,
                   "bad magic"},
-        BadStream{"future_version", [] { return header_bytes(2); }, EPROTO, "version 2"},
-        BadStream{"zero_pages", [] { return header_bytes(1, 0); }, EPROTO, "0 pages"},
-        BadStream{"too_many_pages", [] { return header_bytes(1, 1ULL << 40); }, EPROTO, "pages"},
-        BadStream{"reserved_word_set", [] { return header_bytes(1, 16, 1, "DRMIGRT", 7); }, EPROTO,
-                  "non-zero reserved word"},
-        BadStream{"too_many_vcpus", [] { return header_bytes(1, 16, 99); }, EPROTO, "99 vCPUs"},
+        BadStream{"old_version", [] { return header_bytes(1); }, EPROTO, "version 1"},
+        BadStream{"future_version", [] { return header_bytes(kV + 1); }, EPROTO, "version 3"},
+        BadStream{"zero_pages", [] { return header_bytes(kV, 0); }, EPROTO, "0 pages"},
+        BadStream{"too_many_pages", [] { return header_bytes(kV, 1ULL << 40); }, EPROTO, "pages"},
+        BadStream{"no_session", [] { return header_bytes(kV, 16, 1, "DRMIGRT", 0); }, EPROTO,
+                  "without a session"},
+        BadStream{"too_many_vcpus", [] { return header_bytes(kV, 16, 99); }, EPROTO, "99 vCPUs"},
+        BadStream{"resume_beyond_the_guest",
+                  [] {
+                      std::vector<std::byte> runs;
+                      put(runs, std::uint64_t{1});
+                      put(runs, std::uint64_t{10});
+                      put(runs, std::uint64_t{10});
+                      return with_record(19, 24, runs);
+                  },
+                  EPROTO, "Resume names pages beyond the guest"},
+        BadStream{"resume_with_a_wrong_length",
+                  [] { return with_record(19, 16, std::vector<std::byte>(16)); }, EPROTO,
+                  "Resume record of 0 runs in 16 bytes"},
         BadStream{"unknown_record", [] { return with_record(99, 0, {}); }, EPROTO,
                   "unknown record type 99"},
         BadStream{"short_zero_page", [] { return with_record(2, 4, {}); }, EPROTO,
@@ -217,87 +206,6 @@ INSTANTIATE_TEST_SUITE_P(
         BadStream{"truncated_header", [] { return std::vector<std::byte>(10); }, ECONNRESET,
                   "closed"}),
     [](const auto& p) { return std::string(p.param.name); });
-
-// A destination guest that keeps a copy of the memory it was started on.
-class SnapshotGuest : public MigratableGuest {
-public:
-    // snapshot: copy the memory at start(); not in postcopy, where reading a
-    // missing page from the receiving thread would wait for that very thread.
-    SnapshotGuest(std::unique_ptr<KvmWorkload> inner, bool take_snapshot)
-        : inner_(std::move(inner)), snapshot_(take_snapshot) {}
-    std::uint32_t kind() const noexcept override { return inner_->kind(); }
-    std::byte* memory() noexcept override { return inner_->memory(); }
-    std::uint64_t pages() const noexcept override { return inner_->pages(); }
-    unsigned vcpus() const noexcept override { return inner_->vcpus(); }
-    void start() override {
-        if (snapshot_) snapshot.assign(memory(), memory() + pages() * kStreamPageSize);
-        inner_->start();
-    }
-    void stop() override { inner_->stop(); }
-    std::exception_ptr failure() const override { return inner_->failure(); }
-    std::uint64_t harvest_into(std::vector<std::uint64_t>& m) override {
-        return inner_->harvest_into(m);
-    }
-    std::vector<std::byte> save_vcpu(unsigned v) override { return inner_->save_vcpu(v); }
-    void restore_vcpu(unsigned v, std::span<const std::byte> s) override {
-        inner_->restore_vcpu(v, s);
-    }
-    std::uint64_t progress(unsigned v) override { return inner_->progress(v); }
-    void set_vcpu_thread_hook(VcpuThreadHook hook) override {
-        inner_->set_vcpu_thread_hook(std::move(hook));
-    }
-    KvmWorkload& kvm() { return *inner_; }
-
-    std::vector<std::byte> snapshot;
-
-private:
-    std::unique_ptr<KvmWorkload> inner_;
-    bool snapshot_;
-};
-
-WorkloadConfig small_guest(unsigned vcpus) {
-    WorkloadConfig c;
-    c.vcpus = vcpus;
-    c.memory_bytes = 16 << 20;
-    c.working_set_pages = 1024;
-    c.dirty_rate = 20000;
-    return c;
-}
-
-bool keeps_running(MigratableGuest& guest) {
-    const auto before = guest.progress(0);
-    for (int i = 0; i < 100 && guest.progress(0) == before; ++i) std::this_thread::sleep_for(10ms);
-    return guest.failure() == nullptr && guest.progress(0) > before;
-}
-
-struct Destination {
-    bool snapshot = true;
-    SnapshotGuest* guest = nullptr;
-    std::function<void()> on_start;  // when the guest is built, before it runs
-    MigrationDestination::GuestFactory factory() {
-        return [this](std::uint32_t, std::byte* memory, std::uint64_t pages, unsigned vcpus) {
-            if (on_start) on_start();
-            auto g = std::make_unique<SnapshotGuest>(
-                KvmWorkload::destination(small_guest(vcpus), memory, pages, vcpus), snapshot);
-            guest = g.get();
-            return std::unique_ptr<MigratableGuest>(std::move(g));
-        };
-    }
-};
-
-// A destination receiving from `wire` on its own thread.
-struct Receiving {
-    explicit Receiving(Channel& wire, bool snapshot = true, Channel* preempt = nullptr,
-                       std::function<void()> on_start = {})
-        : d{snapshot, nullptr, std::move(on_start)}, destination(wire, d.factory()) {
-        if (preempt) destination.use_preempt_channel(*preempt);
-        received = std::async(std::launch::async, [this] { return destination.run(); });
-    }
-
-    Destination d;
-    MigrationDestination destination;
-    std::future<dirtyring::DestinationReport> received;
-};
 
 class Migration : public testing::TestWithParam<unsigned> {};
 
@@ -631,19 +539,20 @@ constexpr std::uint32_t kBoth = dirtyring::kStreamPreempt | dirtyring::kStreamPr
 
 INSTANTIATE_TEST_SUITE_P(
     Table, PreemptChannelRefused,
-    testing::Values(PreemptMismatch{"source_has_one_destination_not", dirtyring::kStreamPreempt,
-                                    kBoth, false, 64,
-                                    "the source uses a preempt channel; this destination has none"},
-                    PreemptMismatch{"destination_has_one_source_not", 0, -1, true, 64,
-                                    "this destination has a preempt channel; the source has none"},
-                    PreemptMismatch{"preempt_channel_as_the_main_stream", kBoth, -1, false, 64,
-                                    "is a preempt channel, not the main stream"},
-                    PreemptMismatch{"main_stream_as_the_preempt_channel", dirtyring::kStreamPreempt,
-                                    dirtyring::kStreamPreempt, true, 64,
-                                    "not this migration's preempt"},
-                    PreemptMismatch{"another_migrations_preempt_channel", dirtyring::kStreamPreempt,
-                                    kBoth, true, 32, "not this migration's preempt"},
-                    PreemptMismatch{"unknown_flag", 4, -1, false, 64, "unknown flags 4"}),
+    testing::Values(
+        PreemptMismatch{"source_has_one_destination_not", dirtyring::kStreamPreempt, kBoth, false,
+                        64, "the source uses a preempt channel; this destination has none"},
+        PreemptMismatch{"destination_has_one_source_not", 0, -1, true, 64,
+                        "this destination has a preempt channel; the source has none"},
+        PreemptMismatch{"preempt_channel_as_the_main_stream", kBoth, -1, false, 64,
+                        "is a preempt channel, not the main stream"},
+        PreemptMismatch{"main_stream_as_the_preempt_channel", dirtyring::kStreamPreempt,
+                        dirtyring::kStreamPreempt, true, 64, "not this migration's preempt"},
+        PreemptMismatch{"another_migrations_preempt_channel", dirtyring::kStreamPreempt, kBoth,
+                        true, 32, "not this migration's preempt"},
+        PreemptMismatch{"a_resume_as_the_first_connection", dirtyring::kStreamResume, -1, false, 64,
+                        "resumes a postcopy this destination never began"},
+        PreemptMismatch{"unknown_flag", 8, -1, false, 64, "unknown flags 8"}),
     [](const auto& p) { return std::string(p.param.name); });
 
 // The destination's preempt reader fails (here a record that is not a

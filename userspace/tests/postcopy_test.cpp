@@ -302,6 +302,35 @@ TEST(PostcopyUffd, PauseHoldsFaultsUntilResume) {
     source.shutdown();
 }
 
+// What a resumed stream asks for again: every page not received, in runs,
+// and of those the ones a thread faulted on.
+TEST(PostcopyUffd, OutstandingNamesMissingRunsAndRequestedPages) {
+    constexpr std::size_t kPages = 8;
+    Mapping memory = Mapping::anonymous(kPages * kPage, "guest RAM");
+    DelayedSource source(0ms, DelayedSource::Mode::Drop);  // requests never answered
+    Postcopy pc(source, {.vcpus = 1});
+    pc.add_range(memory.get(), memory.size());
+    pc.start();
+    std::vector<std::byte> data(kPage, std::byte{1});
+    for (const std::size_t p : {0U, 3U, 4U, 7U})
+        pc.place_page(memory.as<std::byte>() + p * kPage, data);
+    auto* bytes = memory.as<std::uint8_t>();
+    {
+        Faulters faulters;
+        faulters.spawn([&] { touch(bytes + 5 * kPage); });
+        ASSERT_TRUE(eventually([&] { return source.requests().size() == 1; }));
+        pc.pause();
+        const Postcopy::Outstanding o = pc.outstanding(0);
+        using Run = std::pair<std::size_t, std::size_t>;
+        EXPECT_EQ((std::vector<Run>{{1, 2}, {5, 2}}), o.missing);
+        EXPECT_EQ(std::vector<std::size_t>{5}, o.requested);
+        pc.resume();
+        pc.place_page(bytes + 5 * kPage, data);  // releases the faulter
+    }
+    EXPECT_THROW(pc.outstanding(1), dirtyring::Error);
+    source.shutdown();
+}
+
 TEST(PostcopyUffd, SourceErrorIsReportedAndStopReleasesTheFaulter) {
     Mapping memory = Mapping::anonymous(kPage, "guest RAM");
     DelayedSource source(0ms, DelayedSource::Mode::Throw);

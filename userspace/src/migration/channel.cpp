@@ -377,6 +377,20 @@ std::span<const std::byte> Channel::read_in_place(std::size_t n) {
     return out;
 }
 
+bool Channel::readable_within(std::chrono::milliseconds timeout) {
+    std::lock_guard lock(read_mutex_);
+    if (read_begin_ != read_end_) return true;
+    pollfd p{fd_.get(), POLLIN, 0};
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        const int n = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
+        if (n >= 0) return n > 0;
+        if (errno != EINTR) throw_errno("poll on the migration connection");
+    }
+}
+
 void Channel::shutdown() noexcept {
     ::shutdown(fd_.get(), SHUT_RDWR);
 }

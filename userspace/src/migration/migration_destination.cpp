@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -19,30 +20,68 @@ namespace dirtyring {
 namespace {
 using Clock = std::chrono::steady_clock;
 
-// Postcopy's page requests go back to the source on the return path.
+// Postcopy's page requests go back to the source on the return path (or
+// the preempt channel).  With recovery, a request that meets a broken
+// connection is not an error: its page stays requested in the Postcopy,
+// which asks for it again once the migration resumes.
 class ReturnPathSource : public PageSource {
 public:
-    ReturnPathSource(Channel& channel, const std::byte* memory, const char* name)
-        : writer_(channel), memory_(memory), name_(name) {}
+    ReturnPathSource(Channel& channel, const std::byte* memory, const char* name, bool recovering)
+        : channel_(&channel), memory_(memory), name_(name), recovering_(recovering) {}
     void request(const PageRequest& r) override {
+        ask(static_cast<std::uint64_t>(static_cast<const std::byte*>(r.host) - memory_) /
+            kStreamPageSize);
+    }
+    void ask(std::uint64_t page) {
+        std::lock_guard lock(mutex_);
         try {
-            writer_.request(
-                static_cast<std::uint64_t>(static_cast<const std::byte*>(r.host) - memory_) /
-                kStreamPageSize);
+            StreamWriter(*channel_).request(page);
         } catch (const Error& e) {
+            if (recovering_ && is_connection_error(e)) return;
             throw Error(e.errnum(), std::string("page request on the ") + name_ + ": " + e.what());
         }
     }
+    // While the fault thread is paused.
+    void retarget(Channel& channel) {
+        std::lock_guard lock(mutex_);
+        channel_ = &channel;
+    }
 
 private:
-    StreamWriter writer_;
+    std::mutex mutex_;
+    Channel* channel_;
     const std::byte* memory_;
     const char* name_;
+    bool recovering_;
 };
 }  // namespace
 
 MigrationDestination::MigrationDestination(Channel& channel, GuestFactory factory, Limits limits)
     : channel_(channel), factory_(std::move(factory)), limits_(limits) {}
+
+void MigrationDestination::abort() noexcept {
+    std::lock_guard lock(link_mutex_);
+    aborted_ = true;
+    stop_.request_stop();
+    (main_ ? main_ : &channel_)->shutdown();
+    if (Channel* p = main_ ? live_preempt_ : preempt_) p->shutdown();
+}
+
+void MigrationDestination::install(Channel* main, Channel* preempt) {
+    std::lock_guard lock(link_mutex_);
+    main_ = main;
+    live_preempt_ = preempt;
+    if (aborted_) {
+        if (main) main->shutdown();
+        if (preempt) preempt->shutdown();
+        throw Error(ECANCELED, "migration aborted on the destination");
+    }
+}
+
+Channel& MigrationDestination::adopt(Channel channel) {
+    reconnected_.push_back(std::move(channel));
+    return reconnected_.back();
+}
 
 MigrationDestination::~MigrationDestination() {
     // Faulting vCPU threads are released before the guest joins them.
@@ -58,7 +97,12 @@ DestinationReport MigrationDestination::run() {
         memory_.reset();  // the copy is discarded
         if (e.errnum() != ECANCELED && e.errnum() != ECONNRESET) {
             try {
-                StreamWriter(channel_).failed(e.what());
+                Channel* main = nullptr;
+                {
+                    std::lock_guard lock(link_mutex_);
+                    main = main_ ? main_ : &channel_;
+                }
+                StreamWriter(*main).failed(e.what());
             } catch (const Error&) {
                 // The source is gone: nobody to tell.
             }
@@ -70,12 +114,18 @@ DestinationReport MigrationDestination::run() {
 DestinationReport MigrationDestination::receive() {
     const auto start = Clock::now();
     DestinationReport report;
-    StreamReader reader(channel_);
-    StreamWriter writer(channel_);
-    const StreamHeader header = reader.header(limits_.max_pages, limits_.max_vcpus);
+    install(&channel_, preempt_);
+    // The connections now in use: the first, then each recovery's.
+    Channel* main = &channel_;
+    Channel* preempt = preempt_;
+    std::optional<StreamReader> reader;
+    reader.emplace(*main);
+    const StreamHeader header = reader->header(limits_.max_pages, limits_.max_vcpus);
     const std::uint64_t pages = header.pages;
     if (header.flags & kStreamPreemptChannel)
         throw Error(EPROTO, "the migration connection is a preempt channel, not the main stream");
+    if (header.flags & kStreamResume)
+        throw Error(EPROTO, "the connection resumes a postcopy this destination never began");
     if (!(header.flags & kStreamPreempt) != !preempt_)
         throw Error(EPROTO, preempt_
                                 ? "this destination has a preempt channel; the source has none"
@@ -83,15 +133,18 @@ DestinationReport MigrationDestination::receive() {
     if (preempt_) {
         const StreamHeader p = StreamReader(*preempt_).header(limits_.max_pages, limits_.max_vcpus);
         if (p.flags != (kStreamPreempt | kStreamPreemptChannel) || p.pages != header.pages ||
-            p.vcpus != header.vcpus || p.guest != header.guest)
+            p.vcpus != header.vcpus || p.guest != header.guest || p.session != header.session)
             throw Error(EPROTO, "the second connection is not this migration's preempt channel");
     }
     memory_ = Mapping::anonymous(pages * kStreamPageSize, "destination guest memory");
     auto* memory = memory_.as<std::byte>();
     MemoryDigest received(pages);
     std::vector<std::vector<std::byte>> vcpu_states(header.vcpus);
-    requests_ = std::make_unique<ReturnPathSource>(preempt_ ? *preempt_ : channel_, memory,
-                                                   preempt_ ? "preempt channel" : "return path");
+    auto requests = std::make_unique<ReturnPathSource>(preempt_ ? *preempt_ : channel_, memory,
+                                                       preempt_ ? "preempt channel" : "return path",
+                                                       recovery_.reconnector != nullptr);
+    ReturnPathSource& asker = *requests;
+    requests_ = std::move(requests);
     std::optional<Postcopy>& postcopy = postcopy_;
     // On any error, release faulting vCPUs before the guest is torn down.
     struct StopPostcopy {
@@ -106,9 +159,12 @@ DestinationReport MigrationDestination::receive() {
     std::atomic<bool> preempt_failed{false};  // it failed on its own, first
     std::optional<std::uint64_t> preempt_end;
     std::uint64_t preempt_pages = 0;
+    // Started with the postcopy, and again on each recovery's channel.
     const auto read_preempt = [&] {
+        Channel& channel = *preempt;
+        Channel& main_channel = *main;
         try {
-            StreamReader pr(*preempt_, pages);
+            StreamReader pr(channel, pages);
             for (;;) {
                 const Record& r = pr.next();
                 if (r.type == RecordType::End) {
@@ -131,21 +187,26 @@ DestinationReport MigrationDestination::receive() {
             preempt_failed.store(true, std::memory_order_release);
             // Nobody reads this channel any more: the source would block
             // on its answers, and this side wait for pages forever.  Both
-            // connections go, and the main loop reports this failure.
-            preempt_->shutdown();
-            channel_.shutdown();
+            // connections go, and the main loop reports this failure (or
+            // recovers from it).
+            channel.shutdown();
+            main_channel.shutdown();
         }
+    };
+    // Stops the reader (shutting its channel wakes it) and forgets how it
+    // ended; returns that, if it failed.
+    const auto stop_preempt_reader = [&]() -> std::exception_ptr {
+        if (!preempt_reader.joinable()) return nullptr;
+        preempt->shutdown();
+        preempt_reader.join();
+        preempt_failed.store(false, std::memory_order_relaxed);
+        return std::exchange(preempt_failure, nullptr);
     };
     // On any error the reader is woken and joined, before postcopy stops.
     struct JoinPreempt {
-        Channel* channel;
-        std::jthread& reader;
-        ~JoinPreempt() {
-            if (!reader.joinable()) return;
-            channel->shutdown();
-            reader.join();
-        }
-    } join_preempt{preempt_, preempt_reader};
+        decltype(stop_preempt_reader)& stop;
+        ~JoinPreempt() { stop(); }
+    } join_preempt{stop_preempt_reader};
     const auto start_guest = [&] {
         for (unsigned i = 0; i < header.vcpus; ++i)
             if (vcpu_states[i].empty())
@@ -161,17 +222,112 @@ DestinationReport MigrationDestination::receive() {
         guest_->start();
     };
 
+    // One new connection that resumes this migration, or an Error saying
+    // why it does not.
+    const auto check_resume = [&](Channel& c, const Reconnector::Clock::time_point deadline) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+            std::max(deadline - Reconnector::Clock::now(), Reconnector::Clock::duration::zero()));
+        if (!c.readable_within(left)) throw Error(ETIMEDOUT, "a connection that sent nothing");
+        const StreamHeader h = StreamReader(c).header(limits_.max_pages, limits_.max_vcpus);
+        const std::uint32_t want = kStreamResume | (preempt_ ? kStreamPreempt : 0);
+        if ((h.flags & ~kStreamPreemptChannel) != want || h.session != header.session ||
+            h.pages != header.pages || h.vcpus != header.vcpus || h.guest != header.guest)
+            throw Error(EPROTO, "a connection that does not resume this migration");
+        return (h.flags & kStreamPreemptChannel) != 0;
+    };
+    // A broken connection in postcopy: the fault thread parks (faults wait
+    // in the kernel, their pages stay requested), the old connections go,
+    // and new ones from the source take their place.  Then this side names
+    // the pages it lacks and asks again for those its vCPUs wait on.
+    const auto recover = [&](const Error& why) {
+        Reconnector& reconnector = *recovery_.reconnector;
+        const auto paused_at = Reconnector::Clock::now();
+        const auto deadline = paused_at + recovery_.timeout;
+        postcopy->pause();
+        main->shutdown();
+        stop_preempt_reader();
+        reconnector.paused(why);
+        for (;;) {
+            Channel* next_main = nullptr;
+            Channel* next_preempt = nullptr;
+            try {
+                while (!next_main || (preempt_ && !next_preempt)) {
+                    Channel& c = adopt(reconnector.reconnect(deadline, stop_.get_token()));
+                    try {
+                        Channel*& slot = check_resume(c, deadline) ? next_preempt : next_main;
+                        if (slot) throw Error(EPROTO, "a second connection of the same kind");
+                        slot = &c;
+                    } catch (const Error& e) {
+                        if (e.errnum() != EPROTO && !is_connection_error(e)) throw;
+                        c.shutdown();
+                        reconnector.refused(e);
+                    }
+                }
+                install(next_main, next_preempt);
+                main = next_main;
+                preempt = next_preempt;
+                reader.emplace(*main, pages);
+                asker.retarget(preempt ? *preempt : *main);
+                // Paused: no page is being placed, so this is exact.
+                const Postcopy::Outstanding o = postcopy->outstanding(0);
+                std::vector<PageRun> missing;
+                missing.reserve(o.missing.size());
+                for (const auto& [first, count] : o.missing) missing.push_back({first, count});
+                StreamWriter(*main).resume(missing);
+                // Throws here, not in the fault thread: asked once more.
+                for (const std::size_t page : o.requested)
+                    StreamWriter(preempt ? *preempt : *main).request(page);
+                if (preempt) preempt_reader = std::jthread(read_preempt);
+                postcopy->resume();
+                ++report.postcopy_recoveries;
+                report.postcopy_paused += Reconnector::Clock::now() - paused_at;
+                reconnector.resumed();
+                return;
+            } catch (const Error& e) {
+                bool aborted = false;
+                {
+                    std::lock_guard lock(link_mutex_);
+                    aborted = aborted_;
+                }
+                if (aborted || !is_connection_error(e) || Reconnector::Clock::now() >= deadline)
+                    throw Error(aborted ? ECANCELED : e.errnum(),
+                                std::string("postcopy paused (") + why.what() +
+                                    ") and could not resume: " + e.what());
+                // Broken again at once: the pause goes on.
+                if (next_main) next_main->shutdown();
+                if (next_preempt) next_preempt->shutdown();
+                stop_preempt_reader();
+                reconnector.refused(e);
+            }
+        }
+    };
+    // A failure of the connections: recovered from in postcopy when
+    // recovery is enabled, thrown otherwise.
+    const auto broken = [&](const Error& why) {
+        bool aborted = false;
+        {
+            std::lock_guard lock(link_mutex_);
+            aborted = aborted_;
+        }
+        if (!postcopy || !recovery_.reconnector || aborted || !is_connection_error(why)) throw why;
+        recover(why);
+    };
     // The main stream ends first when the preempt reader failed: its
     // failure is the reason then.
     const auto next = [&]() -> const Record& {
-        try {
-            return reader.next();
-        } catch (const Error&) {
-            if (preempt_reader.joinable() && preempt_failed.load(std::memory_order_acquire)) {
-                preempt_reader.join();
-                std::rethrow_exception(preempt_failure);
+        for (;;) {
+            try {
+                return reader->next();
+            } catch (const Error&) {
+                std::exception_ptr reason;
+                if (preempt_failed.load(std::memory_order_acquire)) reason = stop_preempt_reader();
+                try {
+                    if (reason) std::rethrow_exception(reason);
+                    throw;
+                } catch (const Error& why) {
+                    broken(why);
+                }
             }
-            throw;
         }
     };
     for (;;) {
@@ -231,7 +387,15 @@ DestinationReport MigrationDestination::receive() {
                 if (preempt_reader.joinable()) {
                     // The source ends the preempt channel before this stream.
                     preempt_reader.join();
-                    if (preempt_failure) std::rethrow_exception(preempt_failure);
+                    if (auto reason = std::exchange(preempt_failure, nullptr)) {
+                        preempt_failed.store(false, std::memory_order_relaxed);
+                        try {
+                            std::rethrow_exception(reason);
+                        } catch (const Error& why) {
+                            broken(why);  // resumed: the source sends End again
+                        }
+                        break;
+                    }
                     if (preempt_end != r.value)
                         throw Error(EIO, "the preempt channel's digest differs from the stream's");
                     report.preempt_pages = preempt_pages;
@@ -251,11 +415,18 @@ DestinationReport MigrationDestination::receive() {
                 } else {
                     start_guest();
                 }
-                writer.done(r.value);
+                try {
+                    StreamWriter(*main).done(r.value);
+                } catch (const Error& e) {
+                    // In postcopy the guest runs here, whole and verified:
+                    // a source that missed Done cannot take it back.
+                    if (!postcopy || !is_connection_error(e)) throw;
+                }
                 report.digest = r.value;
-                // Both connections: the source's bytes_sent counts both too.
+                // Every connection: the source's bytes_sent counts them all.
                 report.bytes_received =
                     channel_.bytes_read() + (preempt_ ? preempt_->bytes_read() : 0);
+                for (const Channel& c : reconnected_) report.bytes_received += c.bytes_read();
                 report.total_time = Clock::now() - start;
                 return report;
             }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 #include "dirtyring/migration/migration_source.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cerrno>
@@ -8,6 +9,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <thread>
 
 #include "dirtyring/base/error.hpp"
@@ -186,6 +188,35 @@ private:
     std::jthread thread_;
 };
 
+// One generation of the migration's connections and the threads reading
+// them: the first, then one per postcopy recovery.  close() shuts the
+// connections, which ends the threads, and joins them.
+struct MigrationSource::Link {
+    Link(Channel& main_channel, Channel* preempt_channel)
+        : main(main_channel), preempt(preempt_channel), writer(main_channel) {}
+    ~Link() { close(); }
+    Link(const Link&) = delete;
+    Link& operator=(const Link&) = delete;
+
+    // After the handshake: nothing else may read the connections then.
+    void start(MigrationSource& source, std::uint64_t pages) {
+        rp.emplace(main, pages);
+        if (preempt) ps.emplace(source, *preempt);
+    }
+    void close() {
+        main.shutdown();
+        if (preempt) preempt->shutdown();
+        if (rp) rp->join();
+        if (ps) ps->join();
+    }
+
+    Channel& main;
+    Channel* preempt;
+    StreamWriter writer;
+    std::optional<ReturnPath> rp;
+    std::optional<PreemptServer> ps;
+};
+
 MigrationSource::MigrationSource(MigratableGuest& guest, Channel& channel, MigrationOptions options,
                                  Progress progress)
     : guest_(guest), channel_(channel), options_(options), progress_(std::move(progress)) {
@@ -208,8 +239,38 @@ LiveProgress MigrationSource::live() const noexcept {
 }
 
 void MigrationSource::abort() noexcept {
-    channel_.shutdown();
-    if (preempt_) preempt_->shutdown();
+    std::lock_guard lock(link_mutex_);
+    aborted_ = true;
+    stop_.request_stop();
+    Channel& main = link_ ? link_->main : channel_;
+    Channel* preempt = link_ ? link_->preempt : preempt_;
+    main.shutdown();
+    if (preempt) preempt->shutdown();
+}
+
+void MigrationSource::install(Link* link) {
+    std::lock_guard lock(link_mutex_);
+    link_ = link;
+    if (link && aborted_) throw Error(ECANCELED, "migration aborted");
+}
+
+Channel& MigrationSource::adopt(Channel channel) {
+    reconnected_.push_back(std::move(channel));
+    return reconnected_.back();
+}
+
+void MigrationSource::retire(Link& link, SourceReport& report) {
+    link.close();
+    report.pages_sent += link.writer.zero_pages() + link.writer.data_pages();
+    report.zero_pages += link.writer.zero_pages();
+    report.bytes_sent += link.main.bytes_written();
+    if (link.ps) {
+        report.postcopy_requests += link.ps->answered();
+        report.pages_sent += link.ps->pages_sent();
+        report.zero_pages += link.ps->zero_pages();
+        report.preempt_pages += link.ps->pages_sent();
+    }
+    if (link.preempt) report.bytes_sent += link.preempt->bytes_written();
 }
 
 void MigrationSource::check_cancel_and_failures(const ReturnPath& rp) {
@@ -242,8 +303,8 @@ void MigrationSource::send_vcpus(StreamWriter& writer) {
     for (unsigned i = 0; i < guest_.vcpus(); ++i) writer.vcpu_state(i, guest_.save_vcpu(i));
 }
 
-void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
-                               SourceReport& report, bool& guest_left) {
+void MigrationSource::postcopy(std::unique_ptr<Link>& link, SourceReport& report,
+                               bool& guest_left) {
     report.precopy_bytes = channel_.bytes_written();
     const auto stop = Clock::now();
     guest_.stop();
@@ -259,18 +320,42 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServ
         else
             stale.push_back({p, 1});
     }
-    send_vcpus(writer);
+    send_vcpus(link->writer);
     // The last moment a cancel wins (and the guest runs on here); from the
     // Postcopy record on, it may run there, and must never run here again.
-    check_cancel_and_failures(rp);
+    check_cancel_and_failures(*link->rp);
     Phase expected = Phase::Precopy;
     if (!phase_.compare_exchange_strong(expected, Phase::Postcopy, std::memory_order_acq_rel))
         throw Error(ECANCELED, "migration cancelled; the source guest keeps running");
     guest_left = true;
-    writer.postcopy(stale);
-    report.downtime = Clock::now() - stop;
     report.mode = "postcopy";
+    // Once, even if it breaks: a destination that missed it never started
+    // the guest, and fails rather than waiting for a resume.
+    bool announced = false;
+    for (;;) {
+        try {
+            if (!announced) {
+                announced = true;
+                link->writer.postcopy(stale);
+                report.downtime = Clock::now() - stop;
+            }
+            stream_postcopy(*link, report);
+            return;
+        } catch (const Error& e) {
+            if (!recovery_.reconnector || !is_connection_error(e)) throw;
+            {
+                std::lock_guard lock(link_mutex_);
+                if (aborted_) throw;
+            }
+            recover(link, e, report);
+        }
+    }
+}
 
+void MigrationSource::stream_postcopy(Link& link, SourceReport& report) {
+    ReturnPath& rp = *link.rp;
+    PreemptServer* preempt = link.ps ? &*link.ps : nullptr;
+    StreamWriter& writer = link.writer;
     // Requested pages first, the rest behind them.
     std::uint64_t cursor = 0;
     std::uint64_t background = 0;
@@ -298,6 +383,72 @@ void MigrationSource::postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServ
     }
     report.digest = preempt ? preempt->finish() : sent_->digest();
     writer.end(report.digest);
+    if (rp.wait_done() != report.digest)
+        throw Error(EIO, "the destination's memory digest differs from the source's");
+}
+
+void MigrationSource::recover(std::unique_ptr<Link>& link, const Error& why, SourceReport& report) {
+    Reconnector& reconnector = *recovery_.reconnector;
+    const auto paused_at = Clock::now();
+    const auto deadline = paused_at + recovery_.timeout;
+    install(nullptr);
+    retire(*link, report);
+    link.reset();
+    reconnector.paused(why);
+    const std::uint64_t pages = guest_.pages();
+    for (;;) {
+        std::unique_ptr<Link> next;
+        try {
+            Channel& main = adopt(reconnector.reconnect(deadline, stop_.get_token()));
+            Channel* preempt =
+                preempt_ ? &adopt(reconnector.reconnect(deadline, stop_.get_token())) : nullptr;
+            next = std::make_unique<Link>(main, preempt);
+            install(next.get());
+            const std::uint32_t flags = kStreamResume | (preempt ? kStreamPreempt : 0);
+            next->writer.header(pages, guest_.vcpus(), guest_.kind(), flags, session_);
+            main.flush();
+            if (preempt) {
+                StreamWriter(*preempt).header(pages, guest_.vcpus(), guest_.kind(),
+                                              flags | kStreamPreemptChannel, session_);
+                preempt->flush();
+            }
+            // The destination answers at once with what it still lacks.
+            if (!main.readable_within(std::chrono::ceil<std::chrono::milliseconds>(
+                    std::max(deadline - Clock::now(), Clock::duration::zero()))))
+                throw Error(ETIMEDOUT, "the destination did not answer the new connection");
+            StreamReader reader(main, pages);
+            const Record& r = reader.next();
+            if (r.type == RecordType::Failed)
+                throw Error(EREMOTEIO, "the destination failed: " + r.message);
+            if (r.type != RecordType::Resume)
+                throw Error(EPROTO, "the destination did not resume the postcopy");
+            // Exactly what it lacks goes again: pages lost with the old
+            // connections included.  No other thread runs yet.
+            std::fill(migration_.begin(), migration_.end(), 0);
+            for (const PageRun& run : r.runs)
+                for (std::uint64_t p = run.first; p < run.first + run.count; ++p)
+                    migration_[p / 64] |= 1ULL << (p % 64);
+            next->start(*this, pages);
+            link = std::move(next);
+            ++report.postcopy_recoveries;
+            report.postcopy_paused += Clock::now() - paused_at;
+            reconnector.resumed();
+            return;
+        } catch (const Error& e) {
+            install(nullptr);
+            next.reset();
+            bool aborted = false;
+            {
+                std::lock_guard lock(link_mutex_);
+                aborted = aborted_;
+            }
+            if (aborted || !is_connection_error(e) || Clock::now() >= deadline)
+                throw Error(aborted ? ECANCELED : e.errnum(),
+                            std::string("postcopy paused (") + why.what() +
+                                ") and could not resume: " + e.what());
+            reconnector.refused(e);  // broken again at once: the pause goes on
+        }
+    }
 }
 
 SourceReport MigrationSource::run() {
@@ -307,38 +458,33 @@ SourceReport MigrationSource::run() {
     const std::uint64_t pages = guest_.pages();
     SourceReport report;
     report.mode = "precopy";
-    StreamWriter writer(channel_);
-    ReturnPath rp(channel_, pages);
-    std::optional<PreemptServer> preempt;
-    // The return path's and the preempt channel's threads end when their
-    // channels do.
-    struct Shutdown {
-        Channel& channel;
-        ReturnPath& rp;
-        Channel* preempt_channel;
-        std::optional<PreemptServer>& preempt;
-        ~Shutdown() {
-            channel.shutdown();
-            if (preempt_channel) preempt_channel->shutdown();
-            rp.join();
-            if (preempt) preempt->join();
-        }
-    } shutdown{channel_, rp, preempt_, preempt};
+    while (session_ == 0) session_ = std::random_device{}();
+    // Its end (and each recovery's) shuts the connections, which ends the
+    // threads reading them.
+    auto link = std::make_unique<Link>(channel_, preempt_);
+    struct Uninstall {
+        MigrationSource& source;
+        ~Uninstall() { source.install(nullptr); }  // before `link` goes
+    } uninstall{*this};
 
     bool guest_left = false;  // its state is on the destination now
     bool stopped = false;
     try {
+        install(link.get());
         channel_.set_bandwidth_limit(options_.bandwidth_limit);
-        writer.header(pages, guest_.vcpus(), guest_.kind(), preempt_ ? kStreamPreempt : 0);
+        link->writer.header(pages, guest_.vcpus(), guest_.kind(), preempt_ ? kStreamPreempt : 0,
+                            session_);
         if (preempt_) {
             StreamWriter(*preempt_).header(pages, guest_.vcpus(), guest_.kind(),
-                                           kStreamPreempt | kStreamPreemptChannel);
+                                           kStreamPreempt | kStreamPreemptChannel, session_);
             preempt_->flush();
         }
         // Start a clean dirty cycle, then send everything once.
         migration_.assign((pages + 63) / 64, 0);
         sent_.emplace(pages);
-        if (preempt_) preempt.emplace(*this, *preempt_);
+        link->start(*this, pages);
+        StreamWriter& writer = link->writer;
+        ReturnPath& rp = *link->rp;
         guest_.harvest_into(migration_);
         migration_.assign((pages + 63) / 64, ~0ULL);
         if (pages % 64) migration_.back() = (1ULL << (pages % 64)) - 1;
@@ -389,7 +535,7 @@ SourceReport MigrationSource::run() {
             if (options_.postcopy ||
                 (round >= options_.max_rounds && options_.postcopy_if_not_converged)) {
                 stopped = true;
-                postcopy(writer, rp, preempt ? &*preempt : nullptr, report, guest_left);
+                postcopy(link, report, guest_left);  // `writer` and `rp` may be gone
                 break;
             }
             if (round >= options_.max_rounds) break;  // forced switch-over
@@ -411,8 +557,6 @@ SourceReport MigrationSource::run() {
             // The destination runs the guest now: whatever follows, this
             // side must not run it too.
             guest_left = true;
-        } else if (rp.wait_done() != report.digest) {
-            throw Error(EIO, "the destination's memory digest differs from the source's");
         }
         // The proof, off the downtime's path: the stopped source's memory is
         // what it sent last of every page.  A difference is a write the
@@ -428,7 +572,7 @@ SourceReport MigrationSource::run() {
             // Precopy or cancel: the source guest goes on as if nothing happened.
             if (e.errnum() == ECANCELED) {
                 try {
-                    writer.cancel();
+                    link->writer.cancel();
                 } catch (const Error&) {
                     // The destination is gone already: nothing to tell it.
                 }
@@ -437,18 +581,8 @@ SourceReport MigrationSource::run() {
         }
         throw;
     }
-    report.pages_sent = writer.zero_pages() + writer.data_pages();
-    report.zero_pages = writer.zero_pages();
-    report.bytes_sent = channel_.bytes_written();
-    if (preempt) {
-        preempt_->shutdown();
-        preempt->join();
-        report.postcopy_requests += preempt->answered();
-        report.pages_sent += preempt->pages_sent();
-        report.zero_pages += preempt->zero_pages();
-        report.preempt_pages = preempt->pages_sent();
-        report.bytes_sent += preempt_->bytes_written();
-    }
+    install(nullptr);
+    retire(*link, report);
     if (report.mode != "postcopy") report.precopy_bytes = report.bytes_sent;
     report.postcopy_bytes = report.bytes_sent - report.precopy_bytes;
     report.total_time = Clock::now() - start;

@@ -75,6 +75,8 @@ const char* type_name(RecordType t) {
             return "Done";
         case RecordType::Failed:
             return "Failed";
+        case RecordType::Resume:
+            return "Resume";
     }
     return "unknown";
 }
@@ -142,7 +144,7 @@ void StreamWriter::record(RecordType type, std::span<const std::byte> payload, b
 }
 
 void StreamWriter::header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest,
-                          std::uint32_t flags) {
+                          std::uint32_t flags, std::uint32_t session) {
     StreamHeader h{};
     std::memcpy(h.magic, kMagic, sizeof(kMagic));
     h.version = kStreamVersion;
@@ -151,6 +153,7 @@ void StreamWriter::header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_
     h.vcpus = vcpus;
     h.guest = guest;
     h.flags = flags;
+    h.session = session;
     channel_.write(std::as_bytes(std::span(&h, 1)));
 }
 
@@ -204,11 +207,23 @@ void StreamWriter::vcpu_state(std::uint32_t vcpu, std::span<const std::byte> sta
            false);
 }
 
+namespace {
+void put_runs(Payload& p, std::span<const PageRun> runs) {
+    p.put(static_cast<std::uint64_t>(runs.size()));
+    for (const PageRun& r : runs) p.put(r.first).put(r.count);
+}
+}  // namespace
+
 void StreamWriter::postcopy(std::span<const PageRun> discard) {
     Payload p;
-    p.put(static_cast<std::uint64_t>(discard.size()));
-    for (const PageRun& r : discard) p.put(r.first).put(r.count);
+    put_runs(p, discard);
     record(RecordType::Postcopy, p.bytes(), true);
+}
+
+void StreamWriter::resume(std::span<const PageRun> missing) {
+    Payload p;
+    put_runs(p, missing);
+    record(RecordType::Resume, p.bytes(), true);
 }
 
 void StreamWriter::end(std::uint64_t digest) {
@@ -244,9 +259,9 @@ StreamHeader StreamReader::header(std::uint64_t max_pages, std::uint32_t max_vcp
     if (h.page_size != kStreamPageSize)
         throw Error(EPROTO, "migration stream of " + std::to_string(h.page_size) +
                                 "-byte pages, expected " + std::to_string(kStreamPageSize));
-    if ((h.flags & ~kStreamKnownFlags) || h.reserved)
-        throw Error(EPROTO, "migration stream with unknown flags " + std::to_string(h.flags) +
-                                " or a non-zero reserved word");
+    if (h.flags & ~kStreamKnownFlags)
+        throw Error(EPROTO, "migration stream with unknown flags " + std::to_string(h.flags));
+    if (h.session == 0) throw Error(EPROTO, "migration stream without a session");
     if (h.pages == 0 || h.pages > max_pages)
         throw Error(EPROTO, "migration stream of " + std::to_string(h.pages) +
                                 " pages (this destination takes 1.." + std::to_string(max_pages) +
@@ -323,19 +338,21 @@ const Record& StreamReader::next() {
             channel_.read(record_.state);
             break;
         }
-        case RecordType::Postcopy: {
+        case RecordType::Postcopy:
+        case RecordType::Resume: {
             if (h.length < 8)
-                malformed("Postcopy record of " + std::to_string(h.length) + " bytes");
+                malformed(std::string(type_name(type)) + " record of " + std::to_string(h.length) +
+                          " bytes");
             channel_.read(std::span(small).first(8));
             const auto n = take<std::uint64_t>(p);
             if (n > pages_ || h.length != 8 + 16 * n)
-                malformed("Postcopy record of " + std::to_string(n) + " runs in " +
-                          std::to_string(h.length) + " bytes");
+                malformed(std::string(type_name(type)) + " record of " + std::to_string(n) +
+                          " runs in " + std::to_string(h.length) + " bytes");
             record_.runs.resize(n);
             channel_.read(std::as_writable_bytes(std::span(record_.runs)));
             for (const PageRun& r : record_.runs)
                 if (r.first >= pages_ || r.count > pages_ - r.first)
-                    malformed("Postcopy discards pages beyond the guest");
+                    malformed(std::string(type_name(type)) + " names pages beyond the guest");
             break;
         }
         case RecordType::End:

@@ -214,6 +214,23 @@ bool Postcopy::wait_complete(std::chrono::milliseconds timeout) {
     return received_pages_ == total_pages_;
 }
 
+Postcopy::Outstanding Postcopy::outstanding(unsigned range) const {
+    std::lock_guard lock(mutex_);
+    if (range >= ranges_.size())
+        throw Error(EINVAL, "Postcopy::outstanding: no range " + std::to_string(range));
+    Outstanding o;
+    const std::vector<PageState>& pages = ranges_[range].pages;
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+        if (pages[i] == PageState::Received) continue;
+        if (pages[i] == PageState::Requested) o.requested.push_back(i);
+        if (!o.missing.empty() && o.missing.back().first + o.missing.back().second == i)
+            ++o.missing.back().second;
+        else
+            o.missing.emplace_back(i, 1);
+    }
+    return o;
+}
+
 BlocktimeReport Postcopy::blocktime() const {
     std::lock_guard lock(mutex_);
     return blocktime_.report();

@@ -100,6 +100,10 @@ public:
     // the read buffer instead of copied: valid until the next read.
     std::span<const std::byte> read_in_place(std::size_t n);
 
+    // Whether a read would find bytes (or the connection's end) within
+    // `timeout`: for a peer that connected and may never speak.
+    bool readable_within(std::chrono::milliseconds timeout);
+
     // Ends both directions: a blocked reader or writer returns with an error.
     void shutdown() noexcept;
 

@@ -22,14 +22,18 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 
 #include "dirtyring/base/mapping.hpp"
 #include "dirtyring/migration/channel.hpp"
 #include "dirtyring/migration/migratable_guest.hpp"
+#include "dirtyring/migration/recovery.hpp"
 #include "dirtyring/postcopy/page_source.hpp"
 #include "dirtyring/postcopy/postcopy.hpp"
 
@@ -47,7 +51,9 @@ struct DestinationReport {
     // JSON members of QEMU's query-migrate).
     std::uint64_t postcopy_faults = 0;
     std::uint64_t postcopy_requests = 0;
-    std::uint64_t preempt_pages = 0;  // of pages_received, those on the preempt channel
+    std::uint64_t preempt_pages = 0;              // of pages_received, those on the preempt channel
+    unsigned postcopy_recoveries = 0;             // pauses on a broken connection, each resumed
+    std::chrono::nanoseconds postcopy_paused{0};  // their length, all together
     std::string blocktime_json;
 };
 
@@ -72,7 +78,17 @@ public:
     // run().
     void use_preempt_channel(Channel& preempt) noexcept { preempt_ = &preempt; }
 
+    // A connection broken in postcopy pauses the migration (vCPUs stay
+    // blocked on their missing pages) until `recovery.reconnector` accepts
+    // the source's new connections (recovery.hpp), for at most
+    // `recovery.timeout` each time.  Before run().
+    void enable_postcopy_recovery(RecoveryOptions recovery) noexcept { recovery_ = recovery; }
+
     DestinationReport run();
+
+    // Ends run() at once, a pause included (the guest is lost if it had
+    // started here).  Any thread may call it.
+    void abort() noexcept;
 
     // The migrated guest, running; only after run() returned.
     MigratableGuest& guest() { return *guest_; }
@@ -85,9 +101,20 @@ public:
 
 private:
     DestinationReport receive();
+    Channel& adopt(Channel channel);
+    // Makes `main` and `preempt` the connections abort() shuts down;
+    // throws ECANCELED once aborted.
+    void install(Channel* main, Channel* preempt);
 
     Channel& channel_;
     Channel* preempt_ = nullptr;
+    RecoveryOptions recovery_;
+    std::deque<Channel> reconnected_;  // alive until the destination goes
+    std::mutex link_mutex_;            // guards main_, live_preempt_, aborted_
+    Channel* main_ = nullptr;          // the connections now in use
+    Channel* live_preempt_ = nullptr;
+    bool aborted_ = false;
+    std::stop_source stop_;
     GuestFactory factory_;
     Limits limits_;
     Mapping memory_;

@@ -15,14 +15,19 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
 #include "dirtyring/migration/channel.hpp"
 #include "dirtyring/migration/migratable_guest.hpp"
 #include "dirtyring/migration/migration_stream.hpp"
+#include "dirtyring/migration/recovery.hpp"
 
 namespace dirtyring {
 
@@ -73,7 +78,9 @@ struct SourceReport {
     std::uint64_t precopy_bytes = 0;
     std::uint64_t postcopy_bytes = 0;
     std::uint64_t postcopy_requests = 0;
-    std::uint64_t preempt_pages = 0;  // pages answered on the preempt channel
+    std::uint64_t preempt_pages = 0;              // pages answered on the preempt channel
+    unsigned postcopy_recoveries = 0;             // pauses on a broken connection, each resumed
+    std::chrono::nanoseconds postcopy_paused{0};  // their length, all together
     // Of the memory at the stop, as sent; checked after the migration against
     // the stopped source's memory itself.
     std::uint64_t digest = 0;
@@ -92,6 +99,11 @@ public:
     // answers each request as it comes.  Before run(); the destination must
     // have one too.
     void use_preempt_channel(Channel& preempt) noexcept { preempt_ = &preempt; }
+
+    // A connection broken in postcopy pauses the migration until
+    // `recovery.reconnector` connects again (recovery.hpp), for at most
+    // `recovery.timeout` each time.  Before run().
+    void enable_postcopy_recovery(RecoveryOptions recovery) noexcept { recovery_ = recovery; }
 
     SourceReport run();
     // Asks run() to cancel; true when it will (precopy, or cancelled
@@ -113,9 +125,10 @@ public:
     }
 
     // Ends the migration at once, whatever its phase, by shutting its
-    // connections: run() throws, and the destination fails too.  In
-    // postcopy that loses the guest (neither side has all of it); an
-    // operator's last resort.  Any thread may call it.
+    // connections (and ending a pause, with no recovery): run() throws,
+    // and the destination fails too.  In postcopy that loses the guest
+    // (neither side has all of it); an operator's last resort.  Any thread
+    // may call it.
     void abort() noexcept;
 
     LiveProgress live() const noexcept;
@@ -123,6 +136,7 @@ public:
 private:
     class ReturnPath;
     class PreemptServer;
+    struct Link;
 
     void check_cancel_and_failures(const ReturnPath& rp);
     // Sends one page and remembers the hash of what was sent.
@@ -130,13 +144,31 @@ private:
     std::uint64_t send_dirty(StreamWriter& writer, const ReturnPath& rp);
     void send_vcpus(StreamWriter& writer);
     // Sets guest_left as the guest's state goes out: until then a failure
-    // or a cancel still restarts the source guest.
-    void postcopy(StreamWriter& writer, ReturnPath& rp, PreemptServer* preempt,
-                  SourceReport& report, bool& guest_left);
+    // or a cancel still restarts the source guest.  Replaces `link` on
+    // each recovery.
+    void postcopy(std::unique_ptr<Link>& link, SourceReport& report, bool& guest_left);
+    // Sends what the destination lacks, End, and waits for Done.
+    void stream_postcopy(Link& link, SourceReport& report);
+    // Pauses on `why`, until a new Link (connected, its handshake done)
+    // replaces `link`; throws when none comes in time.
+    void recover(std::unique_ptr<Link>& link, const Error& why, SourceReport& report);
+    // Closes `link` and adds what it sent to `report`.
+    static void retire(Link& link, SourceReport& report);
+    // The link abort() shuts down; throws ECANCELED once aborted.
+    void install(Link* link);
+    Channel& adopt(Channel channel);
 
     MigratableGuest& guest_;
     Channel& channel_;
     Channel* preempt_ = nullptr;
+    RecoveryOptions recovery_;
+    std::uint32_t session_ = 0;
+    // Connections made by recoveries: alive until run() returns.
+    std::deque<Channel> reconnected_;
+    std::mutex link_mutex_;  // guards link_ and aborted_
+    Link* link_ = nullptr;
+    bool aborted_ = false;
+    std::stop_source stop_;  // requested by abort(): ends a pause
     MigrationOptions options_;
     Progress progress_;
     enum class Phase { Precopy, Cancelled, Postcopy };

@@ -10,12 +10,18 @@
 // kStreamPreemptChannel: on it the destination's Requests go to the source
 // and the requested pages come back, then End, never behind the main
 // stream's background pages or its bandwidth limit.
+// A postcopy whose connections broke resumes on new ones (recovery.hpp):
+// each starts with a header flagged kStreamResume and carrying the session
+// of the first, and the destination answers on the new main connection with
+// Resume (the pages it still lacks, in runs), then its outstanding Requests
+// again; the source sends those pages once more, the rest behind them, and
+// End.
 // Source -> destination: Page (index, hash, data), ZeroPage (index),
 // RoundEnd, VcpuState, Postcopy (runs of pages to discard, then postcopy
 // begins), End (digest of all memory at the stop), Cancel.
 // Destination -> source: Request (a page a faulting vCPU waits for), Done
 // (the destination verified the memory and runs the guest), Failed
-// (a message).
+// (a message), Resume (runs of pages still missing, after a recovery).
 //
 // Every page carries its XXH3-64 hash, which the reader verifies; the End
 // record carries the digest of the whole memory (MemoryDigest).  A reader
@@ -38,7 +44,7 @@
 
 namespace dirtyring {
 
-inline constexpr std::uint32_t kStreamVersion = 1;
+inline constexpr std::uint32_t kStreamVersion = 2;
 inline constexpr std::uint32_t kStreamPageSize = 4096;
 
 struct StreamHeader {
@@ -48,14 +54,18 @@ struct StreamHeader {
     std::uint64_t pages;
     std::uint32_t vcpus;
     std::uint32_t guest;  // MigratableGuest::kind(): what the destination builds
-    std::uint32_t flags;  // kStreamPreempt, kStreamPreemptChannel
-    std::uint32_t reserved;
+    std::uint32_t flags;  // kStreamPreempt, kStreamPreemptChannel, kStreamResume
+    // Chosen at random by the source, never 0: what tells a resuming
+    // connection of this migration from one of another.
+    std::uint32_t session;
 };
 
 // StreamHeader::flags.
 inline constexpr std::uint32_t kStreamPreempt = 1;         // a preempt channel serves postcopy
 inline constexpr std::uint32_t kStreamPreemptChannel = 2;  // this connection is that channel
-inline constexpr std::uint32_t kStreamKnownFlags = kStreamPreempt | kStreamPreemptChannel;
+inline constexpr std::uint32_t kStreamResume = 4;          // resumes the session's postcopy
+inline constexpr std::uint32_t kStreamKnownFlags =
+    kStreamPreempt | kStreamPreemptChannel | kStreamResume;
 
 enum class RecordType : std::uint32_t {
     Page = 1,
@@ -68,6 +78,7 @@ enum class RecordType : std::uint32_t {
     Request = 16,
     Done = 17,
     Failed = 18,
+    Resume = 19,
 };
 
 // A run of pages [first, first + count).
@@ -114,7 +125,7 @@ public:
     explicit StreamWriter(Channel& channel) : channel_(channel) {}
 
     void header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest,
-                std::uint32_t flags = 0);
+                std::uint32_t flags = 0, std::uint32_t session = 1);
     // Sends the page as a ZeroPage when it is all zeros; returns the hash of
     // what was sent (the page may change under a running guest).
     std::uint64_t page(std::uint64_t index, const std::byte* data);
@@ -127,6 +138,8 @@ public:
     void request(std::uint64_t index);
     void done(std::uint64_t digest);
     void failed(const std::string& message);
+    // After a recovery: the pages the destination still lacks.
+    void resume(std::span<const PageRun> missing);
 
     void flush() { channel_.flush(); }
     std::uint64_t zero_pages() const noexcept { return zero_pages_; }
@@ -151,7 +164,7 @@ struct Record {
     std::uint64_t value = 0;       // RoundEnd: round; End, Done: digest
     std::uint64_t count = 0;       // RoundEnd: pages
     std::vector<std::byte> state;  // VcpuState
-    std::vector<PageRun> runs;     // Postcopy
+    std::vector<PageRun> runs;     // Postcopy, Resume
     std::string message;           // Failed
 };
 
@@ -163,8 +176,8 @@ public:
         : channel_(channel), pages_(pages) {}
 
     // Reads and checks the source's header (flags outside kStreamKnownFlags
-    // refused; what the known ones mean is the caller's to check); sets
-    // pages().
+    // and session 0 refused; what the known flags mean is the caller's to
+    // check); sets pages().
     StreamHeader header(std::uint64_t max_pages, std::uint32_t max_vcpus);
     // Reads one record and checks it; Error(EPROTO) on anything malformed,
     // Error(ECONNRESET) when the connection ends.

@@ -38,6 +38,7 @@
 #include <optional>
 #include <span>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "dirtyring/base/error.hpp"
@@ -108,6 +109,17 @@ public:
     // Waits until every page of every range is received; false on timeout.
     // Throws the error state's Error.
     bool wait_complete(std::chrono::milliseconds timeout);
+
+    // What `range` still waits for: runs [first, first + count) of page
+    // indices not received, and which of those pages threads faulted on
+    // (requested).  For a broken stream resumed on a new one (pause()
+    // first, so that no request is half sent): ask the source for all of
+    // it again, the requested pages first.
+    struct Outstanding {
+        std::vector<std::pair<std::size_t, std::size_t>> missing;
+        std::vector<std::size_t> requested;
+    };
+    Outstanding outstanding(unsigned range) const;
 
     BlocktimeReport blocktime() const;
     Counters counters() const;

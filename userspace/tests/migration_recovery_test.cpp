@@ -1,0 +1,269 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Postcopy recovery in one process: source and destination over unix
+// sockets through a proxy the test cuts (testing/severable_proxy.hpp), with
+// a real KVM guest (skipped, with the reason, where KVM is unusable).  Cuts
+// come after a number of bytes in postcopy, never after a time.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dirtyring/migration/channel.hpp"
+#include "dirtyring/migration/migration_destination.hpp"
+#include "dirtyring/migration/migration_source.hpp"
+#include "dirtyring/migration/recovery.hpp"
+#include "migration_test_support.hpp"
+#include "testing/severable_proxy.hpp"
+
+namespace {
+
+using dirtyring::AcceptingReconnector;
+using dirtyring::Channel;
+using dirtyring::ChannelAddress;
+using dirtyring::ConnectingReconnector;
+using dirtyring::Error;
+using dirtyring::Listener;
+using dirtyring::MigrationDestination;
+using dirtyring::MigrationOptions;
+using dirtyring::MigrationSource;
+using dirtyring::RecoveryOptions;
+using dirtyring::SeverableProxy;
+using namespace dirtyring::testing_support;
+
+std::string socket_path(const std::string& what) {
+    return "/tmp/dirtyring-recovery-test." + std::to_string(::getpid()) + "." + what;
+}
+
+// What the migration told its reconnector, kept for the test.
+template <typename Base>
+class Recorded : public Base {
+public:
+    using Base::Base;
+    void paused(const Error& why) override {
+        std::lock_guard lock(mutex);
+        pauses.emplace_back(why.what());
+        if (on_pause) on_pause();
+    }
+    void refused(const Error& why) override {
+        std::lock_guard lock(mutex);
+        refusals.push_back(why);
+    }
+    void resumed() override { ++resumes; }
+
+    std::mutex mutex;
+    std::vector<std::string> pauses;
+    std::vector<Error> refusals;
+    std::atomic<unsigned> resumes{0};
+    std::function<void()> on_pause;
+};
+
+// A source and a destination of one guest, the source reaching the
+// destination through `proxy`, both with recovery unless told otherwise.
+struct Link {
+    explicit Link(bool with_preempt) : preempt(with_preempt) {}
+
+    std::string dest_path = socket_path("dest");
+    std::string proxy_path = socket_path("proxy");
+    Listener listener{ChannelAddress::parse("unix:" + dest_path)};
+    SeverableProxy proxy{proxy_path, dest_path};
+    Recorded<ConnectingReconnector> source_side{ChannelAddress::parse("unix:" + proxy_path)};
+    Recorded<AcceptingReconnector> dest_side{listener};
+    bool preempt;
+};
+
+MigrationOptions postcopy_options() {
+    MigrationOptions o;
+    o.postcopy = true;
+    // The first round takes a while, so the whole working set is dirty at
+    // the stop: postcopy then moves it all, megabytes, after the switch.
+    o.bandwidth_limit = 4 << 20;
+    return o;
+}
+
+class PostcopyRecovery : public testing::TestWithParam<bool> {};
+
+// Three cuts in one postcopy, each after 256 KiB more went towards the
+// destination: at the switch about 4 MiB of the working set is still
+// on the source, so every cut falls inside the postcopy.  Lost pages and
+// lost requests must come again: the destination verifies the digest of
+// every page and the guest's values.
+TEST_P(PostcopyRecovery, ResumesAfterThreeCutsAndMovesTheExactMemory) {
+    SKIP_WITHOUT_KVM();
+    Link link(GetParam());
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    const auto address = ChannelAddress::parse("unix:" + link.proxy_path);
+    Channel main = Channel::connect(address, 10s);
+    std::optional<Channel> preempt;
+    if (link.preempt) preempt.emplace(Channel::connect(address, 10s));
+    Channel dmain = link.listener.accept(10s);
+    std::optional<Channel> dpreempt;
+    if (link.preempt) dpreempt.emplace(link.listener.accept(10s));
+
+    Destination d{false, nullptr, {}};
+    MigrationDestination destination(dmain, d.factory());
+    if (dpreempt) destination.use_preempt_channel(*dpreempt);
+    destination.enable_postcopy_recovery(RecoveryOptions{&link.dest_side, 60s});
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+
+    MigrationSource source(*guest, main, postcopy_options());
+    if (preempt) source.use_preempt_channel(*preempt);
+    source.enable_postcopy_recovery(RecoveryOptions{&link.source_side, 60s});
+    link.proxy.cut_after(256 << 10, 3, [&] { return source.in_postcopy(); });
+    const auto report = source.run();
+    const auto dest_report = received.get();
+
+    EXPECT_EQ(3U, link.proxy.cuts());
+    EXPECT_EQ(3U, report.postcopy_recoveries);
+    EXPECT_EQ(3U, dest_report.postcopy_recoveries);
+    EXPECT_EQ(3U, link.source_side.resumes.load());
+    EXPECT_EQ(3U, link.dest_side.resumes.load());
+    EXPECT_EQ(3U, link.source_side.pauses.size());
+    EXPECT_EQ("postcopy", report.mode);
+    EXPECT_EQ(report.digest, dest_report.digest);
+    EXPECT_GT(dest_report.postcopy_faults, 0U);
+    ASSERT_NE(nullptr, d.guest);
+    EXPECT_TRUE(keeps_running(*d.guest));
+    d.guest->stop();
+    for (unsigned i = 0; i < 2; ++i)
+        EXPECT_EQ(guest->next_value(i), d.guest->kvm().restored_value(i)) << "vCPU " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Channels, PostcopyRecovery, testing::Bool(),
+                         [](const auto& p) { return p.param ? "with_preempt" : "main_only"; });
+
+// The source gone for good (killed, here: no recovery on its side): the
+// destination stays paused, its vCPUs blocked, until its timeout, then
+// fails saying why; its guest had started, so the guest is lost.
+TEST(PostcopyRecoveryFailure, TheSourceGoneLeavesTheDestinationPausedUntilItsTimeout) {
+    SKIP_WITHOUT_KVM();
+    Link link(true);
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    const auto address = ChannelAddress::parse("unix:" + link.proxy_path);
+    Channel main = Channel::connect(address, 10s);
+    Channel preempt = Channel::connect(address, 10s);
+    Channel dmain = link.listener.accept(10s);
+    Channel dpreempt = link.listener.accept(10s);
+
+    Destination d{false, nullptr, {}};
+    MigrationDestination destination(dmain, d.factory());
+    destination.use_preempt_channel(dpreempt);
+    destination.enable_postcopy_recovery(RecoveryOptions{&link.dest_side, 1s});
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+
+    MigrationSource source(*guest, main, postcopy_options());
+    source.use_preempt_channel(preempt);
+    link.proxy.cut_after(256 << 10, 1, [&] { return source.in_postcopy(); });
+    std::string message;
+    const int err = errno_of([&] { source.run(); }, &message);
+    EXPECT_TRUE(err == EPIPE || err == ECONNRESET) << message;
+    const int dest_err = errno_of([&] { received.get(); }, &message);
+    EXPECT_EQ(ETIMEDOUT, dest_err) << message;
+    EXPECT_NE(std::string::npos, message.find("postcopy paused")) << message;
+    EXPECT_NE(std::string::npos, message.find("could not resume")) << message;
+    EXPECT_EQ(1U, link.dest_side.pauses.size());
+    EXPECT_EQ(0U, link.dest_side.resumes.load());
+    EXPECT_TRUE(destination.guest_started());
+}
+
+// abort() while the source waits to reconnect ends the pause at once, with
+// ECANCELED, whatever the timeout.
+TEST(PostcopyRecoveryFailure, AbortEndsASourcesPause) {
+    SKIP_WITHOUT_KVM();
+    Link link(false);
+    auto guest = KvmWorkload::source(small_guest(1));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    Channel main = Channel::connect(ChannelAddress::parse("unix:" + link.proxy_path), 10s);
+    Channel dmain = link.listener.accept(10s);
+    Destination d{false, nullptr, {}};
+    MigrationDestination destination(dmain, d.factory());  // no recovery: it fails
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+
+    MigrationSource source(*guest, main, postcopy_options());
+    std::jthread aborter;
+    link.source_side.on_pause = [&] { aborter = std::jthread([&] { source.abort(); }); };
+    source.enable_postcopy_recovery(RecoveryOptions{&link.source_side, 3600s});
+    link.proxy.cut_after(256 << 10, 1, [&] { return source.in_postcopy(); });
+    auto ran = std::async(std::launch::async, [&] {
+        std::string message;
+        return std::pair(errno_of([&] { source.run(); }, &message), message);
+    });
+    // Far below the timeout: an abort that did not end the pause fails here.
+    ASSERT_EQ(std::future_status::ready, ran.wait_for(600s));
+    const auto [err, message] = ran.get();
+    EXPECT_EQ(ECANCELED, err) << message;
+    EXPECT_EQ(1U, link.source_side.pauses.size());
+    errno_of([&] { received.get(); });
+}
+
+// A connection that is not this migration's (another session) reaching a
+// paused destination is turned away, and the real source still resumes.
+class Impostor : public Recorded<AcceptingReconnector> {
+public:
+    using Recorded::Recorded;
+    Channel reconnect(Clock::time_point deadline, std::stop_token stop) override {
+        if (!sent_impostor_) {
+            sent_impostor_ = true;
+            auto [a, b] = channel_pair();
+            dirtyring::StreamWriter(b).header(
+                pages, 2, kind, dirtyring::kStreamResume | dirtyring::kStreamPreempt, 12345);
+            b.flush();
+            impostor_.emplace(std::move(b));
+            return std::move(a);
+        }
+        return AcceptingReconnector::reconnect(deadline, stop);
+    }
+    std::uint64_t pages = 0;
+    std::uint32_t kind = 0;
+
+private:
+    bool sent_impostor_ = false;
+    std::optional<Channel> impostor_;
+};
+
+TEST(PostcopyRecoveryFailure, AnotherSessionsConnectionIsTurnedAway) {
+    SKIP_WITHOUT_KVM();
+    Link link(true);
+    Impostor dest_side(link.listener);
+    auto guest = KvmWorkload::source(small_guest(2));
+    dest_side.pages = guest->pages();
+    dest_side.kind = guest->kind();
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    const auto address = ChannelAddress::parse("unix:" + link.proxy_path);
+    Channel main = Channel::connect(address, 10s);
+    Channel preempt = Channel::connect(address, 10s);
+    Channel dmain = link.listener.accept(10s);
+    Channel dpreempt = link.listener.accept(10s);
+    Destination d{false, nullptr, {}};
+    MigrationDestination destination(dmain, d.factory());
+    destination.use_preempt_channel(dpreempt);
+    destination.enable_postcopy_recovery(RecoveryOptions{&dest_side, 60s});
+    auto received = std::async(std::launch::async, [&] { return destination.run(); });
+
+    MigrationSource source(*guest, main, postcopy_options());
+    source.use_preempt_channel(preempt);
+    source.enable_postcopy_recovery(RecoveryOptions{&link.source_side, 60s});
+    link.proxy.cut_after(256 << 10, 1, [&] { return source.in_postcopy(); });
+    const auto report = source.run();
+    const auto dest_report = received.get();
+    EXPECT_EQ(1U, report.postcopy_recoveries);
+    EXPECT_EQ(report.digest, dest_report.digest);
+    ASSERT_EQ(1U, dest_side.refusals.size());
+    EXPECT_EQ(EPROTO, dest_side.refusals[0].errnum());
+    EXPECT_NE(std::string::npos,
+              std::string(dest_side.refusals[0].what()).find("does not resume this migration"));
+}
+
+}  // namespace
