@@ -20,6 +20,7 @@
 
 #include "dirtyring/migration/channel.hpp"
 #include "testing/kvm_guest.hpp"
+#include "testing/severable_proxy.hpp"
 
 namespace {
 
@@ -418,6 +419,78 @@ TEST(MigrateTool, ASecondSigintInPostcopyAbortsAndSaysTheGuestIsLost) {
     EXPECT_EQ(3, code) << run.text;
     EXPECT_NE(std::string::npos, run.text.find("source: the guest is lost")) << run.text;
     EXPECT_NE(std::string::npos, run.text.find("destination: migration failed")) << run.text;
+}
+
+// The slow postcopy of start_slow_postcopy(), as two commands.
+const std::vector<std::string> kSlowPostcopy{"--postcopy", "--bandwidth",  "1",
+                                             "--memory",   "16",           "--working-set",
+                                             "4",          "--dirty-rate", "400"};
+
+std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+}
+
+// A network that breaks twice in postcopy (a proxy between the two
+// commands cuts every connection after 256 KiB more of the ~4 MiB left at
+// the switch): both sides pause, the source reconnects, and the migration
+// completes with the memory verified.
+TEST(MigrateTool, APostcopyCutTwiceByTheNetworkResumesAndCompletes) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const std::string base = "/tmp/dirtyring-migrate-cut." + std::to_string(::getpid());
+    ::unlink((base + ".dest").c_str());
+    dirtyring::SeverableProxy proxy(base + ".proxy", base + ".dest");
+    const Spawned dest =
+        spawn_tool(with({"dest", "--listen", "unix:" + base + ".dest"}, kSlowPostcopy));
+    ASSERT_LT(0, dest.pid);
+    std::string dest_out;
+    ASSERT_TRUE(read_until(dest.out, "waiting for a source", dest_out)) << dest_out;
+    const Spawned source =
+        spawn_tool(with({"source", "--connect", "unix:" + base + ".proxy"}, kSlowPostcopy));
+    ASSERT_LT(0, source.pid);
+    std::string out;
+    ASSERT_TRUE(read_until(source.out, "switched to postcopy", out)) << out;
+    proxy.cut_after(256 << 10, 2, [] { return true; });
+    const int code = wait_exit(source.pid);
+    out += drain(source.out);
+    const int dest_code = wait_exit(dest.pid);
+    dest_out += drain(dest.out);
+    EXPECT_EQ(2U, proxy.cuts());
+    EXPECT_EQ(0, code) << out;
+    EXPECT_EQ(0, dest_code) << dest_out;
+    EXPECT_NE(std::string::npos, out.find("source: postcopy paused:")) << out;
+    EXPECT_NE(std::string::npos, out.find("source: postcopy resumed on new connections")) << out;
+    EXPECT_NE(std::string::npos, out.find("resumed after 2 broken connection(s)")) << out;
+    EXPECT_NE(std::string::npos, dest_out.find("destination: postcopy paused:")) << dest_out;
+    EXPECT_NE(std::string::npos, dest_out.find("resumed after 2 broken connection(s)")) << dest_out;
+    EXPECT_NE(std::string::npos, dest_out.find("verified")) << dest_out;
+}
+
+// The source killed in postcopy: the destination stays paused for its
+// --recover-timeout, then fails, saying the guest is lost.
+TEST(MigrateTool, AKilledSourceInPostcopyLeavesTheDestinationPausedThenFailing) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const std::string path = "/tmp/dirtyring-migrate-gone." + std::to_string(::getpid());
+    ::unlink(path.c_str());
+    const Spawned dest = spawn_tool(
+        with({"dest", "--listen", "unix:" + path, "--recover-timeout", "2"}, kSlowPostcopy));
+    ASSERT_LT(0, dest.pid);
+    std::string dest_out;
+    ASSERT_TRUE(read_until(dest.out, "waiting for a source", dest_out)) << dest_out;
+    const Spawned source = spawn_tool(with({"source", "--connect", "unix:" + path}, kSlowPostcopy));
+    ASSERT_LT(0, source.pid);
+    std::string out;
+    ASSERT_TRUE(read_until(source.out, "switched to postcopy", out)) << out;
+    ::kill(source.pid, SIGKILL);
+    wait_exit(source.pid);
+    drain(source.out);
+    const int dest_code = wait_exit(dest.pid);
+    dest_out += drain(dest.out);
+    EXPECT_EQ(3, dest_code) << dest_out;
+    EXPECT_NE(std::string::npos, dest_out.find("destination: postcopy paused:")) << dest_out;
+    EXPECT_NE(std::string::npos, dest_out.find("for up to 2 s")) << dest_out;
+    EXPECT_NE(std::string::npos, dest_out.find("could not resume")) << dest_out;
+    EXPECT_NE(std::string::npos, dest_out.find("the guest is lost")) << dest_out;
 }
 
 // Not on a terminal, a long round is not silent: a plain progress line

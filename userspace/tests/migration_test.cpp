@@ -552,7 +552,9 @@ INSTANTIATE_TEST_SUITE_P(
                         true, 32, "not this migration's preempt"},
         PreemptMismatch{"a_resume_as_the_first_connection", dirtyring::kStreamResume, -1, false, 64,
                         "resumes a postcopy this destination never began"},
-        PreemptMismatch{"unknown_flag", 8, -1, false, 64, "unknown flags 8"}),
+        PreemptMismatch{"an_abort_as_the_first_connection", dirtyring::kStreamAbort, -1, false, 64,
+                        "resumes a postcopy this destination never began"},
+        PreemptMismatch{"unknown_flag", 16, -1, false, 64, "unknown flags 16"}),
     [](const auto& p) { return std::string(p.param.name); });
 
 // The destination's preempt reader fails (here a record that is not a

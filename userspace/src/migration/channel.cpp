@@ -187,6 +187,11 @@ Listener::~Listener() {
     if (!unlink_path_.empty() && fd_) ::unlink(unlink_path_.c_str());
 }
 
+void Listener::disown() noexcept {
+    unlink_path_.clear();
+    fd_.reset();
+}
+
 Channel Listener::accept(std::chrono::milliseconds timeout) {
     pollfd p{fd_.get(), POLLIN, 0};
     for (;;) {

@@ -124,7 +124,7 @@ DestinationReport MigrationDestination::receive() {
     const std::uint64_t pages = header.pages;
     if (header.flags & kStreamPreemptChannel)
         throw Error(EPROTO, "the migration connection is a preempt channel, not the main stream");
-    if (header.flags & kStreamResume)
+    if (header.flags & (kStreamResume | kStreamAbort))
         throw Error(EPROTO, "the connection resumes a postcopy this destination never began");
     if (!(header.flags & kStreamPreempt) != !preempt_)
         throw Error(EPROTO, preempt_
@@ -229,6 +229,8 @@ DestinationReport MigrationDestination::receive() {
             std::max(deadline - Reconnector::Clock::now(), Reconnector::Clock::duration::zero()));
         if (!c.readable_within(left)) throw Error(ETIMEDOUT, "a connection that sent nothing");
         const StreamHeader h = StreamReader(c).header(limits_.max_pages, limits_.max_vcpus);
+        if (h.flags == (kStreamResume | kStreamAbort) && h.session == header.session)
+            throw Error(ECANCELED, "the source aborted the migration");
         const std::uint32_t want = kStreamResume | (preempt_ ? kStreamPreempt : 0);
         if ((h.flags & ~kStreamPreemptChannel) != want || h.session != header.session ||
             h.pages != header.pages || h.vcpus != header.vcpus || h.guest != header.guest)

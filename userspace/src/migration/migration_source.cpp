@@ -21,6 +21,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr auto kDoneTimeout = std::chrono::seconds(60);
 constexpr std::uint64_t kPostcopyBatch = 8;
+constexpr auto kAbortNoticeTimeout = std::chrono::seconds(2);
 
 // Atomic: in postcopy the preempt channel's thread takes pages too.
 bool test_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
@@ -254,6 +255,23 @@ void MigrationSource::install(Link* link) {
     if (link && aborted_) throw Error(ECANCELED, "migration aborted");
 }
 
+bool MigrationSource::aborted() {
+    std::lock_guard lock(link_mutex_);
+    return aborted_;
+}
+
+void MigrationSource::tell_aborted() noexcept {
+    if (!recovery_.reconnector) return;  // the destination does not wait then
+    try {
+        Channel c = recovery_.reconnector->reconnect(Clock::now() + kAbortNoticeTimeout, {});
+        StreamWriter(c).header(guest_.pages(), guest_.vcpus(), guest_.kind(),
+                               kStreamResume | kStreamAbort, session_);
+        c.flush();
+    } catch (const Error&) {
+        // Nobody there: the destination ends on its own timeout.
+    }
+}
+
 Channel& MigrationSource::adopt(Channel channel) {
     reconnected_.push_back(std::move(channel));
     return reconnected_.back();
@@ -334,6 +352,7 @@ void MigrationSource::postcopy(std::unique_ptr<Link>& link, SourceReport& report
     bool announced = false;
     for (;;) {
         try {
+            if (aborted()) throw Error(ECANCELED, "migration aborted");
             if (!announced) {
                 announced = true;
                 link->writer.postcopy(stale);
@@ -342,12 +361,17 @@ void MigrationSource::postcopy(std::unique_ptr<Link>& link, SourceReport& report
             stream_postcopy(*link, report);
             return;
         } catch (const Error& e) {
-            if (!recovery_.reconnector || !is_connection_error(e)) throw;
-            {
-                std::lock_guard lock(link_mutex_);
-                if (aborted_) throw;
+            if (aborted()) {
+                tell_aborted();
+                throw;
             }
-            recover(link, e, report);
+            if (!recovery_.reconnector || !is_connection_error(e)) throw;
+            try {
+                recover(link, e, report);
+            } catch (const Error&) {
+                if (aborted()) tell_aborted();
+                throw;
+            }
         }
     }
 }
@@ -437,13 +461,9 @@ void MigrationSource::recover(std::unique_ptr<Link>& link, const Error& why, Sou
         } catch (const Error& e) {
             install(nullptr);
             next.reset();
-            bool aborted = false;
-            {
-                std::lock_guard lock(link_mutex_);
-                aborted = aborted_;
-            }
-            if (aborted || !is_connection_error(e) || Clock::now() >= deadline)
-                throw Error(aborted ? ECANCELED : e.errnum(),
+            const bool was_aborted = aborted();
+            if (was_aborted || !is_connection_error(e) || Clock::now() >= deadline)
+                throw Error(was_aborted ? ECANCELED : e.errnum(),
                             std::string("postcopy paused (") + why.what() +
                                 ") and could not resume: " + e.what());
             reconnector.refused(e);  // broken again at once: the pause goes on

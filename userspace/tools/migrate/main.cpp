@@ -35,6 +35,7 @@
 #include "dirtyring/migration/channel.hpp"
 #include "dirtyring/migration/migration_destination.hpp"
 #include "dirtyring/migration/migration_source.hpp"
+#include "dirtyring/migration/recovery.hpp"
 #include "kvm_workload.hpp"
 #include "module_workload.hpp"
 #include "testing/kvm_guest.hpp"
@@ -84,6 +85,8 @@ struct Args {
     std::uint64_t run_after_ms = 500;
     std::string json_internal;  // run mode: where the forked destination writes its report
     bool print_backend = false;
+    std::string recover_address;           // where a broken postcopy reconnects; default: address
+    std::uint64_t recover_timeout_s = 60;  // 0: no recovery
 };
 
 const char* kUsage =
@@ -111,6 +114,12 @@ const char* kUsage =
     "  --json FILE          write the final report to FILE as QEMU's query-migrate\n"
     "                       object, this tool's own members under x-dirtyring ('-':\n"
     "                       stdout, and every other line to stderr)\n"
+    "  --recover ADDR       after a connection broke in postcopy, the source reconnects\n"
+    "                       to ADDR and the destination listens on it (default: the\n"
+    "                       migration's own address)\n"
+    "  --recover-timeout S  how long a postcopy broken that way stays paused, waiting\n"
+    "                       for the other side, before the migration fails (default 60;\n"
+    "                       0: no recovery, a break loses the guest)\n"
     "  --print-backend      print the backend --backend chooses here, and exit\n"
     "  -h, --help           this text;  --version  the version\n"
     "signals (source):\n"
@@ -183,6 +192,10 @@ Args parse(int argc, char** argv) {
             a.run_after_ms = number(opt, v, 0, 3'600'000);
         } else if (opt == "--json") {
             a.json_path = v;
+        } else if (opt == "--recover") {
+            a.recover_address = v;
+        } else if (opt == "--recover-timeout") {
+            a.recover_timeout_s = number(opt, v, 0, 86'400);
         } else if (opt == "--json-internal") {
             a.json_internal = v;
         } else {
@@ -196,9 +209,10 @@ Args parse(int argc, char** argv) {
     if (a.mode != "run" && a.address.empty())
         throw UsageError(a.mode + " needs " + (a.mode == "source" ? "--connect" : "--listen") +
                          " ADDR");
-    if (!a.address.empty()) {
+    for (const std::string* address : {&a.address, &a.recover_address}) {
+        if (address->empty()) continue;
         try {
-            ChannelAddress::parse(a.address);
+            ChannelAddress::parse(*address);
         } catch (const Error& e) {
             throw UsageError(e.what());
         }
@@ -302,6 +316,40 @@ constexpr const char* kEraseLine = "\r\033[K";
 // The migration as it goes: round, share of the round, page rate, what the
 // round still sends, the last estimate of the downtime, elapsed and the
 // round's ETA; in postcopy, pages sent.
+// A reconnector that says what a postcopy recovery does, on its side's
+// lines (`erase` clears a live progress line first).
+template <typename Base>
+class Announced : public Base {
+public:
+    template <typename... BaseArgs>
+    Announced(const char* side, std::string waiting, std::uint64_t timeout_s, const char* erase,
+              BaseArgs&&... base)
+        : Base(std::forward<BaseArgs>(base)...),
+          side_(side),
+          waiting_(std::move(waiting)),
+          timeout_s_(timeout_s),
+          erase_(erase) {}
+    void paused(const Error& why) override {
+        std::printf("%s%s: postcopy paused: %s; %s for up to %llu s\n", erase_, side_, why.what(),
+                    waiting_.c_str(), static_cast<unsigned long long>(timeout_s_));
+        std::fflush(stdout);
+    }
+    void refused(const Error& why) override {
+        std::printf("%s%s: postcopy still paused: %s\n", erase_, side_, why.what());
+        std::fflush(stdout);
+    }
+    void resumed() override {
+        std::printf("%s%s: postcopy resumed on new connections\n", erase_, side_);
+        std::fflush(stdout);
+    }
+
+private:
+    const char* side_;
+    std::string waiting_;
+    std::uint64_t timeout_s_;
+    const char* erase_;
+};
+
 std::string live_line(const dirtyring::LiveProgress& l, double pages_per_s) {
     char line[256];
     const double elapsed = static_cast<double>(l.elapsed.count()) / 1e9;
@@ -357,7 +405,10 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
               << std::chrono::seconds(kConnectTimeout).count() << " s)" << std::endl;
     Channel channel = Channel::connect(address, kConnectTimeout);
     Channel preempt = Channel::connect(address, kConnectTimeout);
-    own_listener.reset();  // connected: the socket file is not needed any more
+    // Connected: this process's copy of the forked destination's socket
+    // goes; the file stays, for a recovery to reconnect to.
+    if (own_listener) own_listener->disown();
+    own_listener.reset();
 
     dirtyring::MigrationOptions options;
     options.bandwidth_limit = a.bandwidth_mib << 20;
@@ -400,6 +451,13 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                               {"elapsed-ms", ms(p.elapsed)}});
         });
     source.use_preempt_channel(preempt);
+    const std::string recover_at = a.recover_address.empty() ? a.address : a.recover_address;
+    std::optional<Announced<dirtyring::ConnectingReconnector>> reconnector;
+    if (a.recover_timeout_s) {
+        reconnector.emplace("source", "reconnecting to " + recover_at, a.recover_timeout_s,
+                            tty ? kEraseLine : "", ChannelAddress::parse(recover_at));
+        source.enable_postcopy_recovery({&*reconnector, std::chrono::seconds(a.recover_timeout_s)});
+    }
 
     const auto setup_time = std::chrono::steady_clock::now() - setup_start;
     std::optional<dirtyring::SourceReport> report;
@@ -520,6 +578,10 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
             "preempt channel\n",
             static_cast<unsigned long long>(r.postcopy_requests),
             static_cast<unsigned long long>(r.preempt_pages));
+    if (r.postcopy_recoveries)
+        std::printf(
+            "source: postcopy resumed after %u broken connection(s), paused %.1f ms in all\n",
+            r.postcopy_recoveries, ms(r.postcopy_paused));
     // Which rings the module's pages came through: each vCPU's, and the
     // per-VM ring for the I/O thread's writes.
     json rings = json::array();
@@ -577,6 +639,8 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                 {"expected-downtime-ms", ms(r.expected_downtime)},
                 {"downtime-limit", a.downtime_ms},
                 {"preempt-pages", r.preempt_pages},
+                {"postcopy-recoveries", r.postcopy_recoveries},
+                {"postcopy-paused-ms", ms(r.postcopy_paused)},
                 {"memory-digest", r.digest},
                 {"backend", backend},
                 {"ring-entries", rings},
@@ -603,6 +667,16 @@ int dest_main(const Args& a, Listener listener) {
         }
     };
     Channel preempt = accept_preempt();
+    // A recovery comes in on the same listener, or on --recover's.
+    std::optional<Listener> recover_listener;
+    if (!a.recover_address.empty() && a.recover_address != a.address)
+        recover_listener.emplace(ChannelAddress::parse(a.recover_address));
+    const std::string recover_at = recover_listener ? a.recover_address : a.address;
+    std::optional<Announced<dirtyring::AcceptingReconnector>> reconnector;
+    if (a.recover_timeout_s)
+        reconnector.emplace("destination", "waiting for the source on " + recover_at,
+                            a.recover_timeout_s, "",
+                            recover_listener ? *recover_listener : listener);
     // Counters of each vCPU at the switch-over and now, whatever the kind.
     std::function<std::pair<std::uint64_t, std::uint64_t>(unsigned)> counters;
     dirtyring::MigrationDestination destination(
@@ -627,6 +701,9 @@ int dest_main(const Args& a, Listener listener) {
                                     ", which this destination cannot run");
         });
     destination.use_preempt_channel(preempt);
+    if (reconnector)
+        destination.enable_postcopy_recovery(
+            {&*reconnector, std::chrono::seconds(a.recover_timeout_s)});
     dirtyring::DestinationReport r;
     try {
         r = destination.run();
@@ -636,8 +713,12 @@ int dest_main(const Args& a, Listener listener) {
         const json j =
             failed_report("failed", e.what(), {{"guest-lost", destination.guest_started()}});
         write_json(a.json_internal.empty() ? a.json_path : a.json_internal, j);
-        if (e.errnum() == ECANCELED) return kExitCancelled;
-        return destination.guest_started() ? kExitGuestLost : kExitFailed;
+        if (destination.guest_started()) {
+            std::cout << "destination: the guest is lost: it ran here on part of its memory"
+                      << std::endl;
+            return kExitGuestLost;
+        }
+        return e.errnum() == ECANCELED ? kExitCancelled : kExitFailed;
     }
     std::printf(
         "destination: received %llu pages (%llu zero pages), %s, in %u round(s); memory "
@@ -668,6 +749,11 @@ int dest_main(const Args& a, Listener listener) {
                 std::printf(" %llu-%lluus:%llu", 1ULL << b, 1ULL << (b + 1),
                             buckets[b].get<unsigned long long>());
         std::printf("\n");
+        if (r.postcopy_recoveries)
+            std::printf(
+                "destination: postcopy resumed after %u broken connection(s), paused %.1f ms in "
+                "all\n",
+                r.postcopy_recoveries, ms(r.postcopy_paused));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(a.run_after_ms));
     auto& guest = destination.guest();
@@ -695,6 +781,8 @@ int dest_main(const Args& a, Listener listener) {
                 {"zero-pages", r.zero_pages},
                 {"bytes-received", r.bytes_received},
                 {"preempt-pages", r.preempt_pages},
+                {"postcopy-recoveries", r.postcopy_recoveries},
+                {"postcopy-paused-ms", ms(r.postcopy_paused)},
                 {"memory-digest", r.digest},
                 {"memory-verified", true},
                 {"guest-continued", continued},

@@ -52,6 +52,9 @@ public:
 
     // Waits at most `timeout` for one connection; ETIMEDOUT otherwise.
     Channel accept(std::chrono::milliseconds timeout);
+    // Closes this copy of the socket and leaves its file to the copy in
+    // another process (a fork), which still listens on it.
+    void disown() noexcept;
     int fd() const noexcept { return fd_.get(); }
 
 private:

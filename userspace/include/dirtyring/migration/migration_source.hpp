@@ -156,6 +156,10 @@ private:
     static void retire(Link& link, SourceReport& report);
     // The link abort() shuts down; throws ECANCELED once aborted.
     void install(Link* link);
+    bool aborted();
+    // After an abort in postcopy: one connection, flagged kStreamAbort,
+    // so that a destination paused for a recovery ends at once.
+    void tell_aborted() noexcept;
     Channel& adopt(Channel channel);
 
     MigratableGuest& guest_;

@@ -15,7 +15,8 @@
 // of the first, and the destination answers on the new main connection with
 // Resume (the pages it still lacks, in runs), then its outstanding Requests
 // again; the source sends those pages once more, the rest behind them, and
-// End.
+// End.  A source aborted meanwhile connects once more with kStreamAbort in
+// that header, so that the paused destination ends at once.
 // Source -> destination: Page (index, hash, data), ZeroPage (index),
 // RoundEnd, VcpuState, Postcopy (runs of pages to discard, then postcopy
 // begins), End (digest of all memory at the stop), Cancel.
@@ -64,8 +65,9 @@ struct StreamHeader {
 inline constexpr std::uint32_t kStreamPreempt = 1;         // a preempt channel serves postcopy
 inline constexpr std::uint32_t kStreamPreemptChannel = 2;  // this connection is that channel
 inline constexpr std::uint32_t kStreamResume = 4;          // resumes the session's postcopy
+inline constexpr std::uint32_t kStreamAbort = 8;  // with kStreamResume: the source aborted it
 inline constexpr std::uint32_t kStreamKnownFlags =
-    kStreamPreempt | kStreamPreemptChannel | kStreamResume;
+    kStreamPreempt | kStreamPreemptChannel | kStreamResume | kStreamAbort;
 
 enum class RecordType : std::uint32_t {
     Page = 1,
