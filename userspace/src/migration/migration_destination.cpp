@@ -245,8 +245,12 @@ DestinationReport MigrationDestination::receive() {
         Reconnector& reconnector = *recovery_.reconnector;
         const auto paused_at = Reconnector::Clock::now();
         const auto deadline = paused_at + recovery_.timeout;
-        postcopy->pause();
+        // The connections go first: the fault thread may be blocked
+        // sending a request on one (a peer that stopped reading), and it
+        // parks only once that send returned.
         main->shutdown();
+        if (preempt) preempt->shutdown();
+        postcopy->pause();
         stop_preempt_reader();
         reconnector.paused(why);
         for (;;) {
