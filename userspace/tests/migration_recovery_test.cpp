@@ -266,4 +266,52 @@ TEST(PostcopyRecoveryFailure, AnotherSessionsConnectionIsTurnedAway) {
               std::string(dest_side.refusals[0].what()).find("does not resume this migration"));
 }
 
+// A reconnector with nobody on the other side ends on its deadline, or
+// at once when stopped; it never waits past either.
+struct Unanswered {
+    const char* name;
+    bool accepting;
+    bool stopped;
+    int error;
+};
+
+class ReconnectorWithNobody : public testing::TestWithParam<Unanswered> {};
+
+TEST_P(ReconnectorWithNobody, EndsWithItsError) {
+    const Unanswered& u = GetParam();
+    const std::string path = socket_path(std::string("nobody.") + u.name);
+    ::unlink(path.c_str());
+    std::optional<Listener> listener;
+    std::unique_ptr<dirtyring::Reconnector> r;
+    if (u.accepting) {
+        listener.emplace(ChannelAddress::parse("unix:" + path));
+        r = std::make_unique<AcceptingReconnector>(*listener);
+    } else {
+        r = std::make_unique<ConnectingReconnector>(ChannelAddress::parse("unix:" + path));
+    }
+    std::stop_source stop;
+    if (u.stopped) stop.request_stop();
+    // Stopped: a deadline far away must not matter.
+    const auto deadline = dirtyring::Reconnector::Clock::now() + (u.stopped ? 3600s : 300ms);
+    std::string message;
+    EXPECT_EQ(u.error, errno_of([&] { r->reconnect(deadline, stop.get_token()); }, &message))
+        << message;
+    EXPECT_GE(dirtyring::Reconnector::Clock::now(), u.stopped ? deadline - 3600s : deadline);
+}
+
+INSTANTIATE_TEST_SUITE_P(Table, ReconnectorWithNobody,
+                         testing::Values(Unanswered{"connect_timeout", false, false, ETIMEDOUT},
+                                         Unanswered{"connect_stopped", false, true, ECANCELED},
+                                         Unanswered{"accept_timeout", true, false, ETIMEDOUT},
+                                         Unanswered{"accept_stopped", true, true, ECANCELED}),
+                         [](const auto& p) { return std::string(p.param.name); });
+
+// Which errors a recovery is for.
+TEST(Recovery, ConnectionErrorsAreTheBrokenConnectionsOnly) {
+    for (const int e : {ECONNRESET, EPIPE, ECONNABORTED, ENOTCONN, ETIMEDOUT, EHOSTUNREACH})
+        EXPECT_TRUE(dirtyring::is_connection_error(Error(e, "x"))) << e;
+    for (const int e : {EPROTO, EIO, EREMOTEIO, ECANCELED, EINVAL, ESHUTDOWN})
+        EXPECT_FALSE(dirtyring::is_connection_error(Error(e, "x"))) << e;
+}
+
 }  // namespace
