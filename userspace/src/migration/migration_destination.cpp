@@ -235,6 +235,8 @@ DestinationReport MigrationDestination::receive() {
         if ((h.flags & ~kStreamPreemptChannel) != want || h.session != header.session ||
             h.pages != header.pages || h.vcpus != header.vcpus || h.guest != header.guest)
             throw Error(EPROTO, "a connection that does not resume this migration");
+        if ((h.flags & kStreamPreemptChannel) && !preempt_)
+            throw Error(EPROTO, "a preempt channel for a migration that has none");
         return (h.flags & kStreamPreemptChannel) != 0;
     };
     // A broken connection in postcopy: the fault thread parks (faults wait
@@ -315,7 +317,8 @@ DestinationReport MigrationDestination::receive() {
             std::lock_guard lock(link_mutex_);
             aborted = aborted_;
         }
-        if (!postcopy || !recovery_.reconnector || aborted || !is_connection_error(why)) throw why;
+        if (aborted) throw Error(ECANCELED, "migration aborted on the destination");
+        if (!postcopy || !recovery_.reconnector || !is_connection_error(why)) throw why;
         recover(why);
     };
     // The main stream ends first when the preempt reader failed: its

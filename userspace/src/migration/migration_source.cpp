@@ -428,6 +428,7 @@ void MigrationSource::recover(std::unique_ptr<Link>& link, const Error& why, Sou
                 preempt_ ? &adopt(reconnector.reconnect(deadline, stop_.get_token())) : nullptr;
             next = std::make_unique<Link>(main, preempt);
             install(next.get());
+            main.set_bandwidth_limit(options_.bandwidth_limit);
             const std::uint32_t flags = kStreamResume | (preempt ? kStreamPreempt : 0);
             next->writer.header(pages, guest_.vcpus(), guest_.kind(), flags, session_);
             main.flush();
@@ -461,6 +462,9 @@ void MigrationSource::recover(std::unique_ptr<Link>& link, const Error& why, Sou
         } catch (const Error& e) {
             install(nullptr);
             next.reset();
+            // A connection made in this attempt and left without a Link
+            // would keep the destination waiting on it.
+            for (Channel& c : reconnected_) c.shutdown();
             const bool was_aborted = aborted();
             if (was_aborted || !is_connection_error(e) || Clock::now() >= deadline)
                 throw Error(was_aborted ? ECANCELED : e.errnum(),
