@@ -123,6 +123,7 @@ void SeverableProxy::pump(int from, int to, bool up) {
 }
 
 void SeverableProxy::counted(std::size_t bytes) {
+    forwarded_.fetch_add(bytes);
     std::lock_guard lock(mutex_);
     if (!cuts_left_) return;
     if (!counting_) {

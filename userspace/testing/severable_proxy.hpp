@@ -8,8 +8,8 @@
 //
 // Cuts come from the work done, never from a clock: cut_after() cuts once
 // a number of bytes went from source to destination after a predicate (for
-// instance "the source is in postcopy") first held, then counts again for
-// the next cut.
+// instance "the source is in postcopy", or "forwarded() passed the first
+// round") first held, then counts again for the next cut.
 //
 // Owns its listening socket, the connections and one thread per direction
 // of each; thread-safe.
@@ -41,6 +41,8 @@ public:
     void cut();
 
     unsigned cuts() const noexcept { return cuts_.load(); }
+    // Bytes carried towards the destination, over every connection so far.
+    std::uint64_t forwarded() const noexcept { return forwarded_.load(); }
     unsigned connections() const;
 
 private:
@@ -65,6 +67,7 @@ private:
     std::uint64_t threshold_ = 0;
     unsigned cuts_left_ = 0;
     std::atomic<unsigned> cuts_{0};
+    std::atomic<std::uint64_t> forwarded_{0};
     std::jthread acceptor_;  // last: stopped before the rest goes
 };
 

@@ -69,6 +69,16 @@ public:
 struct Link {
     explicit Link(bool with_preempt) : preempt(with_preempt) {}
 
+    // The first connections, the source's through the proxy: the main
+    // stream, and the preempt channel when the migration has one.
+    void connect() {
+        const auto address = ChannelAddress::parse("unix:" + proxy_path);
+        src_main.emplace(Channel::connect(address, 10s));
+        if (preempt) src_preempt.emplace(Channel::connect(address, 10s));
+        dst_main.emplace(listener.accept(10s));
+        if (preempt) dst_preempt.emplace(listener.accept(10s));
+    }
+
     std::string dest_path = socket_path("dest");
     std::string proxy_path = socket_path("proxy");
     Listener listener{ChannelAddress::parse("unix:" + dest_path)};
@@ -76,6 +86,7 @@ struct Link {
     Recorded<ConnectingReconnector> source_side{ChannelAddress::parse("unix:" + proxy_path)};
     Recorded<AcceptingReconnector> dest_side{listener};
     bool preempt;
+    std::optional<Channel> src_main, src_preempt, dst_main, dst_preempt;
 };
 
 MigrationOptions postcopy_options() {
@@ -100,22 +111,16 @@ TEST_P(PostcopyRecovery, ResumesAfterThreeCutsAndMovesTheExactMemory) {
     auto guest = KvmWorkload::source(small_guest(2));
     guest->start();
     ASSERT_TRUE(guest->wait_first_pass(10s));
-    const auto address = ChannelAddress::parse("unix:" + link.proxy_path);
-    Channel main = Channel::connect(address, 10s);
-    std::optional<Channel> preempt;
-    if (link.preempt) preempt.emplace(Channel::connect(address, 10s));
-    Channel dmain = link.listener.accept(10s);
-    std::optional<Channel> dpreempt;
-    if (link.preempt) dpreempt.emplace(link.listener.accept(10s));
+    link.connect();
 
     Destination d{false, nullptr, {}};
-    MigrationDestination destination(dmain, d.factory());
-    if (dpreempt) destination.use_preempt_channel(*dpreempt);
+    MigrationDestination destination(*link.dst_main, d.factory());
+    if (link.dst_preempt) destination.use_preempt_channel(*link.dst_preempt);
     destination.enable_postcopy_recovery(RecoveryOptions{&link.dest_side, 60s});
     auto received = std::async(std::launch::async, [&] { return destination.run(); });
 
-    MigrationSource source(*guest, main, postcopy_options());
-    if (preempt) source.use_preempt_channel(*preempt);
+    MigrationSource source(*guest, *link.src_main, postcopy_options());
+    if (link.src_preempt) source.use_preempt_channel(*link.src_preempt);
     source.enable_postcopy_recovery(RecoveryOptions{&link.source_side, 60s});
     link.proxy.cut_after(256 << 10, 3, [&] { return source.in_postcopy(); });
     const auto report = source.run();
@@ -149,20 +154,16 @@ TEST(PostcopyRecoveryFailure, TheSourceGoneLeavesTheDestinationPausedUntilItsTim
     auto guest = KvmWorkload::source(small_guest(2));
     guest->start();
     ASSERT_TRUE(guest->wait_first_pass(10s));
-    const auto address = ChannelAddress::parse("unix:" + link.proxy_path);
-    Channel main = Channel::connect(address, 10s);
-    Channel preempt = Channel::connect(address, 10s);
-    Channel dmain = link.listener.accept(10s);
-    Channel dpreempt = link.listener.accept(10s);
+    link.connect();
 
     Destination d{false, nullptr, {}};
-    MigrationDestination destination(dmain, d.factory());
-    destination.use_preempt_channel(dpreempt);
+    MigrationDestination destination(*link.dst_main, d.factory());
+    destination.use_preempt_channel(*link.dst_preempt);
     destination.enable_postcopy_recovery(RecoveryOptions{&link.dest_side, 1s});
     auto received = std::async(std::launch::async, [&] { return destination.run(); });
 
-    MigrationSource source(*guest, main, postcopy_options());
-    source.use_preempt_channel(preempt);
+    MigrationSource source(*guest, *link.src_main, postcopy_options());
+    source.use_preempt_channel(*link.src_preempt);
     link.proxy.cut_after(256 << 10, 1, [&] { return source.in_postcopy(); });
     std::string message;
     const int err = errno_of([&] { source.run(); }, &message);
@@ -184,13 +185,12 @@ TEST(PostcopyRecoveryFailure, AbortEndsASourcesPause) {
     auto guest = KvmWorkload::source(small_guest(1));
     guest->start();
     ASSERT_TRUE(guest->wait_first_pass(10s));
-    Channel main = Channel::connect(ChannelAddress::parse("unix:" + link.proxy_path), 10s);
-    Channel dmain = link.listener.accept(10s);
+    link.connect();
     Destination d{false, nullptr, {}};
-    MigrationDestination destination(dmain, d.factory());  // no recovery: it fails
+    MigrationDestination destination(*link.dst_main, d.factory());  // no recovery: it fails
     auto received = std::async(std::launch::async, [&] { return destination.run(); });
 
-    MigrationSource source(*guest, main, postcopy_options());
+    MigrationSource source(*guest, *link.src_main, postcopy_options());
     std::jthread aborter;
     link.source_side.on_pause = [&] { aborter = std::jthread([&] { source.abort(); }); };
     source.enable_postcopy_recovery(RecoveryOptions{&link.source_side, 3600s});
@@ -241,19 +241,15 @@ TEST(PostcopyRecoveryFailure, AnotherSessionsConnectionIsTurnedAway) {
     dest_side.kind = guest->kind();
     guest->start();
     ASSERT_TRUE(guest->wait_first_pass(10s));
-    const auto address = ChannelAddress::parse("unix:" + link.proxy_path);
-    Channel main = Channel::connect(address, 10s);
-    Channel preempt = Channel::connect(address, 10s);
-    Channel dmain = link.listener.accept(10s);
-    Channel dpreempt = link.listener.accept(10s);
+    link.connect();
     Destination d{false, nullptr, {}};
-    MigrationDestination destination(dmain, d.factory());
-    destination.use_preempt_channel(dpreempt);
+    MigrationDestination destination(*link.dst_main, d.factory());
+    destination.use_preempt_channel(*link.dst_preempt);
     destination.enable_postcopy_recovery(RecoveryOptions{&dest_side, 60s});
     auto received = std::async(std::launch::async, [&] { return destination.run(); });
 
-    MigrationSource source(*guest, main, postcopy_options());
-    source.use_preempt_channel(preempt);
+    MigrationSource source(*guest, *link.src_main, postcopy_options());
+    source.use_preempt_channel(*link.src_preempt);
     source.enable_postcopy_recovery(RecoveryOptions{&link.source_side, 60s});
     link.proxy.cut_after(256 << 10, 1, [&] { return source.in_postcopy(); });
     const auto report = source.run();
