@@ -56,6 +56,14 @@ private:
 };
 }  // namespace
 
+namespace {
+// Another connection of the migration `first` began.
+bool same_migration(const StreamHeader& h, const StreamHeader& first) {
+    return h.session == first.session && h.pages == first.pages && h.vcpus == first.vcpus &&
+           h.guest == first.guest;
+}
+}  // namespace
+
 MigrationDestination::MigrationDestination(Channel& channel, GuestFactory factory, Limits limits)
     : channel_(channel), factory_(std::move(factory)), limits_(limits) {}
 
@@ -65,6 +73,11 @@ void MigrationDestination::abort() noexcept {
     stop_.request_stop();
     (main_ ? main_ : &channel_)->shutdown();
     if (Channel* p = main_ ? live_preempt_ : preempt_) p->shutdown();
+}
+
+bool MigrationDestination::aborted() {
+    std::lock_guard lock(link_mutex_);
+    return aborted_;
 }
 
 void MigrationDestination::install(Channel* main, Channel* preempt) {
@@ -132,8 +145,7 @@ DestinationReport MigrationDestination::receive() {
                                 : "the source uses a preempt channel; this destination has none");
     if (preempt_) {
         const StreamHeader p = StreamReader(*preempt_).header(limits_.max_pages, limits_.max_vcpus);
-        if (p.flags != (kStreamPreempt | kStreamPreemptChannel) || p.pages != header.pages ||
-            p.vcpus != header.vcpus || p.guest != header.guest || p.session != header.session)
+        if (p.flags != (kStreamPreempt | kStreamPreemptChannel) || !same_migration(p, header))
             throw Error(EPROTO, "the second connection is not this migration's preempt channel");
     }
     memory_ = Mapping::anonymous(pages * kStreamPageSize, "destination guest memory");
@@ -232,8 +244,7 @@ DestinationReport MigrationDestination::receive() {
         if (h.flags == (kStreamResume | kStreamAbort) && h.session == header.session)
             throw Error(ECANCELED, "the source aborted the migration");
         const std::uint32_t want = kStreamResume | (preempt_ ? kStreamPreempt : 0);
-        if ((h.flags & ~kStreamPreemptChannel) != want || h.session != header.session ||
-            h.pages != header.pages || h.vcpus != header.vcpus || h.guest != header.guest)
+        if ((h.flags & ~kStreamPreemptChannel) != want || !same_migration(h, header))
             throw Error(EPROTO, "a connection that does not resume this migration");
         if ((h.flags & kStreamPreemptChannel) && !preempt_)
             throw Error(EPROTO, "a preempt channel for a migration that has none");
@@ -292,11 +303,7 @@ DestinationReport MigrationDestination::receive() {
                 reconnector.resumed();
                 return;
             } catch (const Error& e) {
-                bool aborted = false;
-                {
-                    std::lock_guard lock(link_mutex_);
-                    aborted = aborted_;
-                }
+                const bool aborted = this->aborted();
                 if (aborted || !is_connection_error(e) || Reconnector::Clock::now() >= deadline)
                     throw Error(aborted ? ECANCELED : e.errnum(),
                                 std::string("postcopy paused (") + why.what() +
@@ -312,11 +319,7 @@ DestinationReport MigrationDestination::receive() {
     // A failure of the connections: recovered from in postcopy when
     // recovery is enabled, thrown otherwise.
     const auto broken = [&](const Error& why) {
-        bool aborted = false;
-        {
-            std::lock_guard lock(link_mutex_);
-            aborted = aborted_;
-        }
+        const bool aborted = this->aborted();
         if (aborted) throw Error(ECANCELED, "migration aborted on the destination");
         if (!postcopy || !recovery_.reconnector || !is_connection_error(why)) throw why;
         recover(why);

@@ -105,6 +105,7 @@ private:
     // Makes `main` and `preempt` the connections abort() shuts down;
     // throws ECANCELED once aborted.
     void install(Channel* main, Channel* preempt);
+    bool aborted();
 
     Channel& channel_;
     Channel* preempt_ = nullptr;
