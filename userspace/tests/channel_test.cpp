@@ -5,7 +5,9 @@
 // never touched.
 #include "dirtyring/migration/channel.hpp"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -16,6 +18,7 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "dirtyring/base/error.hpp"
 #include "dirtyring/base/unique_fd.hpp"
@@ -173,6 +176,36 @@ TEST(Listener, TcpByHostName) {
     Channel client = Channel::connect(ChannelAddress::parse(address), 5s);
     Channel server = listener->accept(5000ms);
     expect_connected(client, server);
+}
+
+// A listener whose backlog is full answers no SYN: a blocking connect()
+// would wait out the kernel's retries (about two minutes).  The caller's
+// timeout ends it, as a connection error the reconnector retries.
+TEST(Channel, ConnectEndsOnItsTimeoutWhenNobodyAnswers) {
+    UniqueFd listening(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(listening);
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(0, ::bind(listening.get(), reinterpret_cast<sockaddr*>(&in), sizeof(in)));
+    socklen_t len = sizeof(in);
+    ASSERT_EQ(0, ::getsockname(listening.get(), reinterpret_cast<sockaddr*>(&in), &len));
+    ASSERT_EQ(0, ::listen(listening.get(), 0));
+    const ChannelAddress a =
+        ChannelAddress::parse("tcp:127.0.0.1:" + std::to_string(ntohs(in.sin_port)));
+    // Fill the backlog (never accepted) until a connection is left waiting.
+    std::vector<Channel> queued;
+    for (;;) {
+        try {
+            queued.push_back(Channel::connect(a, 200ms));
+        } catch (const Error& e) {
+            EXPECT_EQ(ETIMEDOUT, e.errnum()) << e.what();
+            EXPECT_NE(std::string::npos, std::string(e.what()).find("no answer within 200 ms"))
+                << e.what();
+            break;
+        }
+        ASSERT_LT(queued.size(), 64u) << "a backlog of 0 took 64 connections";
+    }
 }
 
 }  // namespace

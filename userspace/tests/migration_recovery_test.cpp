@@ -20,6 +20,7 @@
 #include "dirtyring/migration/migration_source.hpp"
 #include "dirtyring/migration/recovery.hpp"
 #include "migration_test_support.hpp"
+#include "stall_watch.hpp"
 #include "testing/severable_proxy.hpp"
 
 namespace {
@@ -207,8 +208,10 @@ TEST(PostcopyRecoveryFailure, AbortEndsASourcesPause) {
     errno_of([&] { received.get(); });
 }
 
-// A connection that is not this migration's (another session) reaching a
-// paused destination is turned away, and the real source still resumes.
+// A connection that is not this migration's reaching a paused destination
+// is turned away, and the real source still resumes: another session's, or
+// one that sends part of a header and then nothing (which, read without a
+// deadline, held the destination for ever).
 class Impostor : public Recorded<AcceptingReconnector> {
 public:
     using Recorded::Recorded;
@@ -216,8 +219,12 @@ public:
         if (!sent_impostor_) {
             sent_impostor_ = true;
             auto [a, b] = channel_pair();
-            dirtyring::StreamWriter(b).header(
+            auto [x, y] = channel_pair();
+            dirtyring::StreamWriter(x).header(
                 pages, 2, kind, dirtyring::kStreamResume | dirtyring::kStreamPreempt, 12345);
+            x.flush();
+            const auto whole = y.read_in_place(sizeof(dirtyring::StreamHeader));
+            b.write(stalled ? whole.first(whole.size() - 1) : whole);
             b.flush();
             impostor_.emplace(std::move(b));
             return std::move(a);
@@ -226,19 +233,30 @@ public:
     }
     std::uint64_t pages = 0;
     std::uint32_t kind = 0;
+    bool stalled = false;
 
 private:
     bool sent_impostor_ = false;
     std::optional<Channel> impostor_;
 };
 
-TEST(PostcopyRecoveryFailure, AnotherSessionsConnectionIsTurnedAway) {
+struct TurnedAway {
+    const char* name;
+    bool stalled;
+    int error;
+    const char* message;
+};
+
+class PostcopyRecoveryTurnsAway : public testing::TestWithParam<TurnedAway> {};
+
+TEST_P(PostcopyRecoveryTurnsAway, AConnectionNotOfThisMigration) {
     SKIP_WITHOUT_KVM();
     Link link(true);
     Impostor dest_side(link.listener);
     auto guest = KvmWorkload::source(small_guest(2));
     dest_side.pages = guest->pages();
     dest_side.kind = guest->kind();
+    dest_side.stalled = GetParam().stalled;
     guest->start();
     ASSERT_TRUE(guest->wait_first_pass(10s));
     link.connect();
@@ -252,15 +270,22 @@ TEST(PostcopyRecoveryFailure, AnotherSessionsConnectionIsTurnedAway) {
     source.use_preempt_channel(*link.src_preempt);
     source.enable_postcopy_recovery(RecoveryOptions{&link.source_side, 60s});
     link.proxy.cut_after(256 << 10, 1, [&] { return source.in_postcopy(); });
+    StallWatch watch("a paused destination checking a connection");
     const auto report = source.run();
     const auto dest_report = received.get();
     EXPECT_EQ(1U, report.postcopy_recoveries);
     EXPECT_EQ(report.digest, dest_report.digest);
     ASSERT_EQ(1U, dest_side.refusals.size());
-    EXPECT_EQ(EPROTO, dest_side.refusals[0].errnum());
-    EXPECT_NE(std::string::npos,
-              std::string(dest_side.refusals[0].what()).find("does not resume this migration"));
+    EXPECT_EQ(GetParam().error, dest_side.refusals[0].errnum());
+    EXPECT_NE(std::string::npos, std::string(dest_side.refusals[0].what()).find(GetParam().message))
+        << dest_side.refusals[0].what();
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, PostcopyRecoveryTurnsAway,
+    testing::Values(TurnedAway{"another_session", false, EPROTO, "does not resume this migration"},
+                    TurnedAway{"part_of_a_header", true, ETIMEDOUT, "receive timeout"}),
+    [](const auto& p) { return std::string(p.param.name); });
 
 // A reconnector with nobody on the other side ends on its deadline, or
 // at once when stopped; it never waits past either.

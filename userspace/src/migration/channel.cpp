@@ -2,12 +2,14 @@
 #include "dirtyring/migration/channel.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "dirtyring/base/error.hpp"
 
@@ -34,8 +37,22 @@ struct SockAddr {
     int family = AF_UNSPEC;
 };
 
-SockAddr to_sockaddr(const ChannelAddress& address) {
+SockAddr with_port(const void* addr, socklen_t length, int family, std::uint16_t port) {
     SockAddr sa;
+    std::memcpy(&sa.storage, addr, length);
+    sa.length = length;
+    sa.family = family;
+    if (family == AF_INET)
+        reinterpret_cast<sockaddr_in*>(&sa.storage)->sin_port = htons(port);
+    else
+        reinterpret_cast<sockaddr_in6*>(&sa.storage)->sin6_port = htons(port);
+    return sa;
+}
+
+// Every socket address `address` names, in the order to try them: one for
+// a unix path or a numeric host, each stream address the resolver gives
+// for a host name (IPv4 and IPv6 alike, in its order).
+std::vector<SockAddr> resolve(const ChannelAddress& address) {
     if (address.kind == ChannelAddress::Kind::Unix) {
         sockaddr_un un{};
         un.sun_family = AF_UNIX;
@@ -44,46 +61,35 @@ SockAddr to_sockaddr(const ChannelAddress& address) {
                                     "': empty or longer than " +
                                     std::to_string(sizeof(un.sun_path) - 1) + " bytes");
         std::memcpy(un.sun_path, address.path_or_host.c_str(), address.path_or_host.size() + 1);
+        SockAddr sa;
         std::memcpy(&sa.storage, &un, sizeof(un));
         sa.length = sizeof(un);
         sa.family = AF_UNIX;
-        return sa;
+        return {sa};
     }
     sockaddr_in in4{};
     sockaddr_in6 in6{};
-    if (::inet_pton(AF_INET, address.path_or_host.c_str(), &in4.sin_addr) == 1) {
-        in4.sin_family = AF_INET;
-        in4.sin_port = htons(address.port);
-        std::memcpy(&sa.storage, &in4, sizeof(in4));
-        sa.length = sizeof(in4);
-        sa.family = AF_INET;
-    } else if (::inet_pton(AF_INET6, address.path_or_host.c_str(), &in6.sin6_addr) == 1) {
-        in6.sin6_family = AF_INET6;
-        in6.sin6_port = htons(address.port);
-        std::memcpy(&sa.storage, &in6, sizeof(in6));
-        sa.length = sizeof(in6);
-        sa.family = AF_INET6;
-    } else {
-        // A host name: its first stream address, IPv4 or IPv6, as the
-        // resolver orders them.
-        addrinfo hints{};
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        addrinfo* found = nullptr;
-        const int rc = ::getaddrinfo(address.path_or_host.c_str(), nullptr, &hints, &found);
-        if (rc != 0 || !found)
-            throw Error(EINVAL, "host '" + address.path_or_host +
-                                    "': " + (rc ? ::gai_strerror(rc) : "no address"));
-        std::memcpy(&sa.storage, found->ai_addr, found->ai_addrlen);
-        sa.length = found->ai_addrlen;
-        sa.family = found->ai_family;
-        ::freeaddrinfo(found);
-        if (sa.family == AF_INET)
-            reinterpret_cast<sockaddr_in*>(&sa.storage)->sin_port = htons(address.port);
-        else
-            reinterpret_cast<sockaddr_in6*>(&sa.storage)->sin6_port = htons(address.port);
-    }
-    return sa;
+    in4.sin_family = AF_INET;
+    in6.sin6_family = AF_INET6;
+    if (::inet_pton(AF_INET, address.path_or_host.c_str(), &in4.sin_addr) == 1)
+        return {with_port(&in4, sizeof(in4), AF_INET, address.port)};
+    if (::inet_pton(AF_INET6, address.path_or_host.c_str(), &in6.sin6_addr) == 1)
+        return {with_port(&in6, sizeof(in6), AF_INET6, address.port)};
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    const int rc = ::getaddrinfo(address.path_or_host.c_str(), nullptr, &hints, &found);
+    if (rc != 0 || !found)
+        throw Error(EINVAL, "host '" + address.path_or_host +
+                                "': " + (rc ? ::gai_strerror(rc) : "no address"));
+    std::vector<SockAddr> all;
+    for (const addrinfo* a = found; a; a = a->ai_next)
+        if (a->ai_family == AF_INET || a->ai_family == AF_INET6)
+            all.push_back(with_port(a->ai_addr, a->ai_addrlen, a->ai_family, address.port));
+    ::freeaddrinfo(found);
+    if (all.empty()) throw Error(EINVAL, "host '" + address.path_or_host + "': no IP address");
+    return all;
 }
 
 const sockaddr* as_sockaddr(const SockAddr& sa) {
@@ -152,7 +158,7 @@ ChannelAddress ChannelAddress::parse(const std::string& text) {
     const unsigned long n = std::stoul(port);
     if (n == 0 || n > 65535) throw bad("port out of range");
     ChannelAddress a{Kind::Tcp, host, static_cast<std::uint16_t>(n)};
-    to_sockaddr(a);  // validates the host
+    resolve(a);  // validates the host
     return a;
 }
 
@@ -164,7 +170,8 @@ std::string ChannelAddress::to_string() const {
 }
 
 Listener::Listener(const ChannelAddress& address) {
-    const SockAddr sa = to_sockaddr(address);
+    // A host name's first address: a listener binds one.
+    const SockAddr sa = resolve(address).front();
     fd_.reset(::socket(sa.family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd_) throw_errno("socket");
     if (sa.family != AF_UNIX) {
@@ -230,18 +237,64 @@ Channel::Channel(Channel&& other) noexcept
       read_end_(other.read_end_),
       bytes_read_(other.bytes_read_) {}
 
+namespace {
+
+// One connect() attempt to `sa`, never past `deadline`: a peer whose SYNs
+// go unanswered (a full backlog, a network dropping packets) would hold a
+// blocking connect() for the kernel's two minutes of retries.  Returns the
+// connected socket, or no socket and errno set.
+UniqueFd connect_once(const SockAddr& sa, std::chrono::steady_clock::time_point deadline) {
+    UniqueFd fd(::socket(sa.family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd) throw_errno("socket");
+    if (::connect(fd.get(), as_sockaddr(sa), sa.length) != 0) {
+        if (errno != EINPROGRESS) return {};
+        pollfd p{fd.get(), POLLOUT, 0};
+        for (;;) {
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            const int n = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
+            if (n > 0) break;
+            if (n == 0) {
+                errno = ETIMEDOUT;
+                return {};
+            }
+            if (errno != EINTR) throw_errno("poll on a connecting socket");
+        }
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len)) throw_errno("getsockopt");
+        if (err) {
+            errno = err;
+            return {};
+        }
+    }
+    // The channel's reads and writes block.
+    if (::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK)) throw_errno("fcntl");
+    return fd;
+}
+
+}  // namespace
+
 Channel Channel::connect(const ChannelAddress& address, std::chrono::milliseconds timeout) {
-    const SockAddr sa = to_sockaddr(address);
+    const std::vector<SockAddr> addresses = resolve(address);
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
-        UniqueFd fd(::socket(sa.family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (!fd) throw_errno("socket");
-        if (::connect(fd.get(), as_sockaddr(sa), sa.length) == 0) return Channel(std::move(fd));
-        const int err = errno;
-        const bool not_yet = err == ECONNREFUSED || err == ENOENT || err == EINTR;
+        // Each of a name's addresses in turn: the listener may be on any.
+        int err = 0;
+        bool not_yet = false;
+        for (const SockAddr& sa : addresses) {
+            if (UniqueFd fd = connect_once(sa, deadline)) return Channel(std::move(fd));
+            err = errno;
+            not_yet |= err == ECONNREFUSED || err == ENOENT || err == EINTR;
+            if (std::chrono::steady_clock::now() >= deadline) break;
+        }
         if (!not_yet || std::chrono::steady_clock::now() >= deadline)
-            throw Error(err, "connect " + address.to_string());
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            throw Error(err, "connect " + address.to_string() +
+                                 (err == ETIMEDOUT ? ": no answer within " +
+                                                         std::to_string(timeout.count()) + " ms"
+                                                   : ""));
+        std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+            std::chrono::milliseconds(20), deadline - std::chrono::steady_clock::now()));
     }
 }
 
@@ -332,6 +385,12 @@ void Channel::receive_locked(std::size_t wanted, std::size_t missing, std::size_
             n = ::recv(fd_.get(), read_buffer_.data() + read_end_, read_buffer_.size() - read_end_,
                        0);
         } while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            throw Error(ETIMEDOUT,
+                        "the migration connection sent nothing within its receive "
+                        "timeout (" +
+                            std::to_string(missing - got) + " of " + std::to_string(record) +
+                            " bytes of a record missing)");
         if (n < 0) throw_errno("recv on the migration connection");
         if (n == 0)
             throw Error(ECONNRESET,
@@ -380,6 +439,13 @@ std::span<const std::byte> Channel::read_in_place(std::size_t n) {
     const std::span<const std::byte> out(read_buffer_.data() + read_begin_, n);
     read_begin_ += n;
     return out;
+}
+
+void Channel::set_receive_timeout(std::chrono::milliseconds timeout) {
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(timeout).count();
+    const timeval tv{static_cast<time_t>(us / 1000000), static_cast<suseconds_t>(us % 1000000)};
+    if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)))
+        throw_errno("setsockopt(SO_RCVTIMEO)");
 }
 
 bool Channel::readable_within(std::chrono::milliseconds timeout) {

@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -19,6 +20,8 @@
 namespace dirtyring {
 namespace {
 using Clock = std::chrono::steady_clock;
+// A resuming source sends its header as soon as it has connected.
+constexpr std::chrono::milliseconds kResumeHeaderTimeout{2000};
 
 // Postcopy's page requests go back to the source on the return path (or
 // the preempt channel).  With recovery, a request that meets a broken
@@ -237,10 +240,13 @@ DestinationReport MigrationDestination::receive() {
     // One new connection that resumes this migration, or an Error saying
     // why it does not.
     const auto check_resume = [&](Channel& c, const Reconnector::Clock::time_point deadline) {
+        // One connection is checked at a time: one that sends nothing, or
+        // part of a header, must not hold the real source off for long.
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(
             std::max(deadline - Reconnector::Clock::now(), Reconnector::Clock::duration::zero()));
-        if (!c.readable_within(left)) throw Error(ETIMEDOUT, "a connection that sent nothing");
+        c.set_receive_timeout(std::clamp(left, std::chrono::milliseconds(1), kResumeHeaderTimeout));
         const StreamHeader h = StreamReader(c).header(limits_.max_pages, limits_.max_vcpus);
+        c.set_receive_timeout(std::chrono::milliseconds(0));
         if (h.flags == (kStreamResume | kStreamAbort) && h.session == header.session)
             throw Error(ECANCELED, "the source aborted the migration");
         const std::uint32_t want = kStreamResume | (preempt_ ? kStreamPreempt : 0);

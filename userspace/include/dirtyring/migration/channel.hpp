@@ -103,6 +103,11 @@ public:
     // the read buffer instead of copied: valid until the next read.
     std::span<const std::byte> read_in_place(std::size_t n);
 
+    // How long one receive may wait for bytes before a read throws
+    // Error(ETIMEDOUT); zero: for ever (the default).  For a connection not
+    // trusted yet, whose peer may send part of a record and stop.
+    void set_receive_timeout(std::chrono::milliseconds timeout);
+
     // Whether a read would find bytes (or the connection's end) within
     // `timeout`: for a peer that connected and may never speak.
     bool readable_within(std::chrono::milliseconds timeout);
