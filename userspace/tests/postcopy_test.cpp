@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <latch>
 #include <ostream>
@@ -331,6 +332,43 @@ TEST(PostcopyUffd, OutstandingNamesMissingRunsAndRequestedPages) {
     source.shutdown();
 }
 
+// Pages a precopy delivered: those in memory never fault; zero pages that
+// were never written read as zeros at once, without a request; neither
+// counts as missing when a resumed stream asks what is.
+TEST(PostcopyUffd, PagesThePrecopyDeliveredAreNeverAskedFor) {
+    constexpr std::size_t kPages = 8;
+    Mapping memory = Mapping::anonymous(kPages * kPage, "guest RAM");
+    auto* bytes = memory.as<std::uint8_t>();
+    std::memset(bytes, 7, 2 * kPage);                      // pages 0 and 1: received data
+    DelayedSource source(0ms, DelayedSource::Mode::Drop);  // a request would hang
+    Postcopy pc(source, {.vcpus = 1});
+    pc.add_range(memory.get(), memory.size());
+    pc.mark_received(bytes, 2 * kPage);
+    pc.mark_zero(bytes + 2 * kPage, 3 * kPage);  // pages 2-4: zeros never written
+    pc.start();
+    {
+        Faulters faulters;
+        faulters.spawn([&] {
+            EXPECT_EQ(0x0707070707070707U, touch(bytes + kPage));
+            for (std::size_t p = 2; p < 5; ++p) EXPECT_EQ(0U, touch(bytes + p * kPage));
+        });
+        ASSERT_TRUE(faulters.all_done());
+    }
+    EXPECT_TRUE(source.requests().empty());
+    EXPECT_EQ(3U, pc.counters().zero_faults);
+    EXPECT_EQ(0U, pc.counters().faults);
+    pc.pause();
+    const Postcopy::Outstanding o = pc.outstanding(0);
+    using Run = std::pair<std::size_t, std::size_t>;
+    EXPECT_EQ((std::vector<Run>{{5, 3}}), o.missing);
+    EXPECT_TRUE(o.requested.empty());
+    // A background copy of a page known already changes nothing.
+    std::vector<std::byte> data(kPage, std::byte{9});
+    EXPECT_EQ(Userfaultfd::Placed::Existed, pc.place_page(bytes + 3 * kPage, data));
+    EXPECT_EQ(0U, touch(bytes + 3 * kPage));
+    pc.stop();
+}
+
 TEST(PostcopyUffd, SourceErrorIsReportedAndStopReleasesTheFaulter) {
     Mapping memory = Mapping::anonymous(kPage, "guest RAM");
     DelayedSource source(0ms, DelayedSource::Mode::Throw);
@@ -438,6 +476,21 @@ INSTANTIATE_TEST_SUITE_P(
                  EINVAL},
         BadInput{"ZeroPageOutsideRanges",
                  [](Postcopy& pc, std::uint8_t* m) { pc.place_zero_page(m + 7 * kPage); }, EINVAL},
+        BadInput{"MarkPartOfAPage",
+                 [](Postcopy& pc, std::uint8_t* m) { pc.mark_received(m, kPage / 2); }, EINVAL},
+        BadInput{"MarkNothing", [](Postcopy& pc, std::uint8_t* m) { pc.mark_zero(m, 0); }, EINVAL},
+        BadInput{"MarkPastTheRange",
+                 [](Postcopy& pc, std::uint8_t* m) { pc.mark_zero(m + 3 * kPage, 2 * kPage); },
+                 EINVAL},
+        BadInput{"MarkOutsideRanges",
+                 [](Postcopy& pc, std::uint8_t* m) { pc.mark_received(m + 6 * kPage, kPage); },
+                 EINVAL},
+        BadInput{"MarkAfterStart",
+                 [](Postcopy& pc, std::uint8_t* m) {
+                     pc.start();
+                     pc.mark_zero(m, kPage);
+                 },
+                 EBUSY},
         BadInput{"ResumeNotPaused",
                  [](Postcopy& pc, std::uint8_t*) {
                      pc.start();

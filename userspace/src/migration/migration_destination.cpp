@@ -67,6 +67,35 @@ bool same_migration(const StreamHeader& h, const StreamHeader& first) {
 }
 }  // namespace
 
+namespace {
+// What the precopy left final (a page received and not stale) is never
+// asked for again: neither by a fault nor in a resumed postcopy's list of
+// what is missing, which would otherwise hold all of memory.
+void mark_precopy_pages(Postcopy& postcopy, std::byte* memory, const MemoryDigest& received,
+                        const std::vector<PageRun>& stale) {
+    const std::uint64_t pages = received.pages();
+    std::vector<bool> is_stale(pages);
+    for (const PageRun& run : stale)
+        for (std::uint64_t p = run.first; p < run.first + run.count; ++p) is_stale[p] = true;
+    enum class Kind { Missing, Data, Zero };
+    const auto kind = [&](std::uint64_t p) {
+        const std::uint64_t hash = received.get(p);
+        if (is_stale[p] || hash == 0) return Kind::Missing;  // 0: never received
+        return hash == zero_page_hash() ? Kind::Zero : Kind::Data;
+    };
+    for (std::uint64_t p = 0; p < pages;) {
+        const Kind k = kind(p);
+        std::uint64_t end = p + 1;
+        while (end < pages && kind(end) == k) ++end;
+        void* host = memory + p * kStreamPageSize;
+        const std::size_t length = (end - p) * kStreamPageSize;
+        if (k == Kind::Data) postcopy.mark_received(host, length);
+        if (k == Kind::Zero) postcopy.mark_zero(host, length);
+        p = end;
+    }
+}
+}  // namespace
+
 MigrationDestination::MigrationDestination(Channel& channel, GuestFactory factory, Limits limits)
     : channel_(channel), factory_(std::move(factory)), limits_(limits) {}
 
@@ -393,6 +422,7 @@ DestinationReport MigrationDestination::receive() {
                         throw_errno("madvise(MADV_DONTNEED) of stale pages");
                 postcopy.emplace(*requests_, Postcopy::Options{.vcpus = header.vcpus});
                 postcopy->add_range(memory, pages * kStreamPageSize);
+                mark_precopy_pages(*postcopy, memory, received, r.runs);
                 postcopy->start();
                 if (preempt_) preempt_reader = std::jthread(read_preempt);
                 report.mode = "postcopy";

@@ -55,6 +55,31 @@ unsigned Postcopy::add_range(void* host, std::size_t length) {
     return static_cast<unsigned>(ranges_.size() - 1);
 }
 
+void Postcopy::mark(void* host, std::size_t length, PageState state, const char* what) {
+    if (length == 0 || length % page_size_)
+        throw Error(EINVAL, std::string(what) + ": " + std::to_string(length) +
+                                " bytes, not a whole number of pages");
+    const auto [range, first] = locate(host, what);
+    std::vector<PageState>& pages = ranges_[range].pages;
+    const std::size_t count = length / page_size_;
+    if (count > pages.size() - first)
+        throw Error(EINVAL, std::string(what) + ": the pages run past their range");
+    std::lock_guard lock(mutex_);
+    if (state_ != State::Setup) throw Error(EBUSY, std::string(what) + " after start()");
+    for (std::size_t i = first; i < first + count; ++i) {
+        if (pages[i] != PageState::Received && pages[i] != PageState::Zero) ++received_pages_;
+        pages[i] = state;
+    }
+}
+
+void Postcopy::mark_received(void* host, std::size_t length) {
+    mark(host, length, PageState::Received, "Postcopy::mark_received");
+}
+
+void Postcopy::mark_zero(void* host, std::size_t length) {
+    mark(host, length, PageState::Zero, "Postcopy::mark_zero");
+}
+
 void Postcopy::register_vcpu_thread(pid_t tid, unsigned vcpu) {
     std::lock_guard lock(mutex_);
     blocktime_.register_vcpu_thread(tid, vcpu);
@@ -97,7 +122,10 @@ Userfaultfd::Placed Postcopy::place(void* host, const char* what, PlaceFn&& fn) 
     {
         std::lock_guard lock(mutex_);
         throw_if_unusable_locked();
-        if (ranges_[range].pages[index] == PageState::Received) {
+        // A Zero page is as good as received: its zeros are placed only on
+        // a fault, and nothing the source sends can be newer.
+        const PageState state = ranges_[range].pages[index];
+        if (state == PageState::Received || state == PageState::Zero) {
             ++counters_.existed;
             return Userfaultfd::Placed::Existed;
         }
@@ -221,7 +249,7 @@ Postcopy::Outstanding Postcopy::outstanding(unsigned range) const {
     Outstanding o;
     const std::vector<PageState>& pages = ranges_[range].pages;
     for (std::size_t i = 0; i < pages.size(); ++i) {
-        if (pages[i] == PageState::Received) continue;
+        if (pages[i] == PageState::Received || pages[i] == PageState::Zero) continue;
         if (pages[i] == PageState::Requested) o.requested.push_back(i);
         if (!o.missing.empty() && o.missing.back().first + o.missing.back().second == i)
             ++o.missing.back().second;
@@ -242,7 +270,7 @@ Postcopy::Counters Postcopy::counters() const {
 }
 
 void Postcopy::handle_faults(std::span<const UserFault> faults, std::vector<PageRequest>& requests,
-                             std::vector<void*>& wakes) {
+                             std::vector<void*>& wakes, std::vector<void*>& zeros) {
     std::lock_guard lock(mutex_);
     for (const UserFault& f : faults) {
         const std::uint64_t page = f.address & ~std::uint64_t{page_size_ - 1};
@@ -254,6 +282,15 @@ void Postcopy::handle_faults(std::span<const UserFault> faults, std::vector<Page
             // the thread already, but waking again costs little.
             ++counters_.late_faults;
             wakes.push_back(host);
+            continue;
+        }
+        if (state == PageState::Zero) {
+            // Known, and never blocked on the source: not a postcopy fault
+            // for blocktime.  Received from here on: a second fault on it
+            // queued meanwhile is a late one.
+            ++counters_.zero_faults;
+            state = PageState::Received;
+            zeros.push_back(host);
             continue;
         }
         blocktime_.fault_begin(page, f.tid);
@@ -272,8 +309,10 @@ void Postcopy::fault_loop() {
     // Reserved once: no allocation per fault.
     std::vector<PageRequest> requests;
     std::vector<void*> wakes;
+    std::vector<void*> zeros;
     requests.reserve(faults.size());
     wakes.reserve(faults.size());
+    zeros.reserve(faults.size());
     try {
         for (;;) {
             bool paused = false;
@@ -302,8 +341,13 @@ void Postcopy::fault_loop() {
             const std::size_t n = uffd_.read_faults(faults);
             requests.clear();
             wakes.clear();
-            handle_faults(std::span(faults.data(), n), requests, wakes);
+            zeros.clear();
+            handle_faults(std::span(faults.data(), n), requests, wakes, zeros);
             for (void* host : wakes) uffd_.wake(host, page_size_);
+            // Placing it wakes the thread (EEXIST: it was mapped after all).
+            for (void* host : zeros)
+                if (uffd_.zeropage(host, page_size_) == Userfaultfd::Placed::Existed)
+                    uffd_.wake(host, page_size_);
             for (const PageRequest& r : requests) {
                 source_.request(r);
                 std::lock_guard lock(mutex_);

@@ -7,7 +7,8 @@
 // the fault thread, per page its state (missing, requested, received) and
 // the Blocktime.  How a migration tool drives it:
 //   - setup thread: add_range() for each RAM block, place_page() for pages
-//     already known, then start();
+//     already known, mark_received() and mark_zero() for pages a precopy
+//     delivered, then start();
 //   - vCPU threads (or the VMM for them): register_vcpu_thread(gettid(), i)
 //     before running the vCPU;
 //   - the fault thread (ours) calls PageSource::request() once per page
@@ -64,6 +65,7 @@ public:
         std::uint64_t requests = 0;          // sent to the source
         std::uint64_t duplicate_faults = 0;  // on pages already requested: not sent again
         std::uint64_t late_faults = 0;       // on pages placed meanwhile: woken only
+        std::uint64_t zero_faults = 0;       // on mark_zero() pages: answered here
         std::uint64_t placed = 0;            // pages placed by us
         std::uint64_t existed = 0;           // placement found the page there (EEXIST)
         std::uint64_t background = 0;        // pages received without a request
@@ -78,6 +80,15 @@ public:
     // pages are all missing; pages already present never fault).  Returns
     // the range index used in PageRequest.
     unsigned add_range(void* host, std::size_t length);
+
+    // Before start(), for pages of a registered range a precopy delivered
+    // already.  mark_received(): the pages are in memory; they never fault
+    // and are never asked for again.  mark_zero(): the pages read as zeros
+    // but may have no mapping (a zero page the precopy never had to
+    // write); a fault on one is answered at once with a zero page, never
+    // sent to the source.  Neither touches the memory.
+    void mark_received(void* host, std::size_t length);
+    void mark_zero(void* host, std::size_t length);
 
     // Blocktime's: a vCPU thread registers as it starts and unregisters
     // as it exits, so that a tid the kernel reuses is charged right.
@@ -126,7 +137,7 @@ public:
     std::size_t page_size() const noexcept { return page_size_; }
 
 private:
-    enum class PageState : std::uint8_t { Missing, Requested, Received };
+    enum class PageState : std::uint8_t { Missing, Requested, Received, Zero };
     enum class Command { Run, Pause, Stop };
     struct Range {
         std::uint8_t* host;
@@ -139,8 +150,9 @@ private:
     template <typename PlaceFn>
     Userfaultfd::Placed place(void* host, const char* what, PlaceFn&& fn);
     void fault_loop();
+    void mark(void* host, std::size_t length, PageState state, const char* what);
     void handle_faults(std::span<const UserFault> faults, std::vector<PageRequest>& requests,
-                       std::vector<void*>& wakes);
+                       std::vector<void*>& wakes, std::vector<void*>& zeros);
     void set_error_locked(const Error& error);
     void kick();
     void throw_if_unusable_locked() const;
