@@ -18,6 +18,7 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dirtyring/base/error.hpp"
@@ -176,6 +177,43 @@ TEST(Listener, TcpByHostName) {
     Channel client = Channel::connect(ChannelAddress::parse(address), 5s);
     Channel server = listener->accept(5000ms);
     expect_connected(client, server);
+}
+
+// Referenced bodies go out in order with the copied heads, across many
+// flushes, partial sends (a reader slower than the socket's buffer) and
+// more pieces than one sendmsg() takes; a body changed before the flush
+// goes out as it is then.
+TEST(Channel, ReferencedBodiesArriveInOrderAsTheyAreWhenSent) {
+    int fds[2];
+    ASSERT_EQ(0, ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds));
+    Channel tx{UniqueFd(fds[0])};
+    Channel rx{UniqueFd(fds[1])};
+    constexpr std::size_t kRecords = 5000;  // 5000 heads and bodies: beyond IOV_MAX
+    std::vector<std::uint32_t> bodies(kRecords * 64);
+    for (std::size_t i = 0; i < bodies.size(); ++i) bodies[i] = static_cast<std::uint32_t>(i);
+    std::jthread reader([&] {
+        for (std::size_t r = 0; r < kRecords; ++r) {
+            std::array<std::byte, 4> head{};
+            rx.read(head);
+            std::uint32_t n = 0;
+            std::memcpy(&n, head.data(), sizeof(n));
+            ASSERT_EQ(r, n);
+            std::array<std::uint32_t, 64> body{};
+            rx.read(std::as_writable_bytes(std::span(body)));
+            const std::uint32_t first = r == 0 ? 0xffffffffU : static_cast<std::uint32_t>(r * 64);
+            ASSERT_EQ(first, body[0]) << "record " << r;
+            ASSERT_EQ(r * 64 + 63, body[63]) << "record " << r;
+        }
+    });
+    for (std::size_t r = 0; r < kRecords; ++r) {
+        const auto n = static_cast<std::uint32_t>(r);
+        tx.write_referenced(std::as_bytes(std::span(&n, 1)),
+                            std::as_bytes(std::span(bodies).subspan(r * 64, 64)));
+        if (r == 0) bodies[0] = 0xffffffffU;  // before its flush: sent so
+    }
+    tx.flush();
+    reader.join();
+    EXPECT_EQ(kRecords * (4 + 256), tx.bytes_written());
 }
 
 // A listener whose backlog is full answers no SYN: a blocking connect()

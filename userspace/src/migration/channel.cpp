@@ -10,11 +10,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -221,6 +223,7 @@ Channel::Channel(UniqueFd fd) : fd_(std::move(fd)) {
     // (requests, acknowledgements) must not wait for Nagle.
     ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     write_buffer_ = std::make_unique_for_overwrite<std::byte[]>(kBufferBytes);
+    pending_.reserve(IOV_MAX);
     read_buffer_.resize(kBufferBytes);
 }
 
@@ -228,6 +231,8 @@ Channel::Channel(Channel&& other) noexcept
     : fd_(std::move(other.fd_)),
       write_buffer_(std::move(other.write_buffer_)),
       write_used_(std::exchange(other.write_used_, 0)),
+      pending_(std::move(other.pending_)),
+      pending_bytes_(std::exchange(other.pending_bytes_, 0)),
       bytes_written_(other.bytes_written_),
       limit_(other.limit_),
       limited_bytes_(other.limited_bytes_),
@@ -325,27 +330,53 @@ void Channel::send_locked(std::span<const std::byte> bytes) {
             throw_errno("send on the migration connection");
         }
         done += static_cast<std::size_t>(n);
+        bytes_written_ += static_cast<std::uint64_t>(n);
     }
-    bytes_written_ += bytes.size();
 }
 
 void Channel::flush_locked() {
-    const std::size_t used = std::exchange(write_used_, 0);  // dropped on error
-    send_locked(std::span(write_buffer_.get(), used));
+    // Dropped on error, like the bytes of a broken connection.
+    struct Clear {
+        Channel& c;
+        ~Clear() {
+            c.pending_.clear();
+            c.pending_bytes_ = 0;
+            c.write_used_ = 0;
+        }
+    } clear{*this};
+    if (pending_.empty()) return;
+    throttle_locked(pending_bytes_);
+    std::size_t first = 0;
+    while (first < pending_.size()) {
+        msghdr m{};
+        m.msg_iov = &pending_[first];
+        m.msg_iovlen = std::min<std::size_t>(pending_.size() - first, IOV_MAX);
+        const ssize_t n = ::sendmsg(fd_.get(), &m, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw_errno("send on the migration connection");
+        }
+        bytes_written_ += static_cast<std::uint64_t>(n);
+        // Past what went: whole pieces, then part of one.
+        for (auto left = static_cast<std::size_t>(n); left > 0;) {
+            iovec& v = pending_[first];
+            const std::size_t take = std::min(left, v.iov_len);
+            v.iov_base = static_cast<std::byte*>(v.iov_base) + take;
+            v.iov_len -= take;
+            left -= take;
+            if (v.iov_len == 0) ++first;
+        }
+    }
 }
 
-std::span<std::byte> Channel::reserve_locked(std::size_t bytes) {
-    if (bytes > kBufferBytes)
-        throw Error(EINVAL, "a record of " + std::to_string(bytes) +
-                                " bytes to build in a write buffer of " +
-                                std::to_string(kBufferBytes));
-    if (write_used_ + bytes > kBufferBytes) flush_locked();
-    return {write_buffer_.get() + write_used_, bytes};
-}
-
-void Channel::commit_locked(std::size_t bytes) {
-    write_used_ += bytes;
-    if (write_used_ >= kBufferBytes) flush_locked();
+void Channel::queue_locked(const std::byte* data, std::size_t bytes) {
+    auto* at = const_cast<std::byte*>(data);  // sendmsg() only reads it
+    if (!pending_.empty() &&
+        static_cast<std::byte*>(pending_.back().iov_base) + pending_.back().iov_len == at)
+        pending_.back().iov_len += bytes;  // the buffer's next bytes
+    else
+        pending_.push_back(iovec{at, bytes});
+    pending_bytes_ += bytes;
 }
 
 void Channel::append_locked(std::span<const std::byte> bytes) {
@@ -355,15 +386,33 @@ void Channel::append_locked(std::span<const std::byte> bytes) {
         send_locked(bytes);
         return;
     }
-    const std::span<std::byte> room = reserve_locked(bytes.size());
     // An empty record (Cancel) has no data pointer: memcpy must not see it.
-    if (!bytes.empty()) std::memcpy(room.data(), bytes.data(), bytes.size());
-    commit_locked(bytes.size());
+    if (bytes.empty()) return;
+    if (write_used_ + bytes.size() > kBufferBytes) flush_locked();
+    std::byte* to = write_buffer_.get() + write_used_;
+    std::memcpy(to, bytes.data(), bytes.size());
+    write_used_ += bytes.size();
+    queue_locked(to, bytes.size());
+    if (pending_bytes_ >= kBufferBytes) flush_locked();
 }
 
 void Channel::write(std::span<const std::byte> bytes) {
     std::lock_guard lock(write_mutex_);
     append_locked(bytes);
+}
+
+void Channel::write_referenced(std::span<const std::byte> head, std::span<const std::byte> body) {
+    std::lock_guard lock(write_mutex_);
+    if (head.size() >= kBufferBytes)
+        throw Error(EINVAL, "a record head of " + std::to_string(head.size()) + " bytes");
+    if (write_used_ + head.size() > kBufferBytes) flush_locked();
+    std::byte* to = write_buffer_.get() + write_used_;
+    if (!head.empty()) std::memcpy(to, head.data(), head.size());
+    write_used_ += head.size();
+    queue_locked(to, head.size());
+    if (!body.empty()) queue_locked(body.data(), body.size());
+    // A full buffer's worth, or as many pieces as one sendmsg() takes.
+    if (pending_bytes_ >= kBufferBytes || pending_.size() + 2 > IOV_MAX) flush_locked();
 }
 
 void Channel::flush() {

@@ -165,6 +165,7 @@ DestinationReport MigrationDestination::receive() {
     Channel* preempt = preempt_;
     std::optional<StreamReader> reader;
     reader.emplace(*main);
+    reader->allow_torn_pages(true);  // until the Postcopy record
     const StreamHeader header = reader->header(limits_.max_pages, limits_.max_vcpus);
     const std::uint64_t pages = header.pages;
     if (header.flags & kStreamPreemptChannel)
@@ -414,6 +415,9 @@ DestinationReport MigrationDestination::receive() {
                 break;
             case RecordType::Postcopy: {
                 if (postcopy) throw Error(EPROTO, "malformed migration stream: Postcopy twice");
+                // The guest is stopped at the source: every page from here
+                // on is final, and a torn one is a corrupted stream.
+                reader->allow_torn_pages(false);
                 // Stale copies of pages the source still has dirty go: the
                 // guest faults on them and they are requested or streamed.
                 for (const PageRun& run : r.runs)

@@ -168,30 +168,28 @@ std::uint64_t StreamWriter::page(std::uint64_t index, const std::byte* data) {
         std::uint64_t index;
     };
     static_assert(sizeof(PageHead) == 24 && sizeof(ZeroHead) == 16);
-    std::uint64_t hash = 0;
-    bool zero = false;
-    channel_.write_in_place(sizeof(PageHead) + kStreamPageSize, [&](std::span<std::byte> room) {
-        // The guest may be writing this page right now (precopy): copy it
-        // once, into the buffer that is sent, and check and hash that copy,
-        // so that the hash matches what is sent.  A page written meanwhile
-        // is dirty again and is sent once more later.
-        std::byte* page = room.data() + sizeof(PageHead);
-        std::memcpy(page, data, kStreamPageSize);
-        if (is_zero_page(page)) {
-            const ZeroHead z{{static_cast<std::uint32_t>(RecordType::ZeroPage), 8}, index};
-            std::memcpy(room.data(), &z, sizeof(z));
-            hash = zero_page_hash();
-            zero = true;
-            return sizeof(z);
-        }
-        hash = page_hash(page);
+    // Sent from the guest's memory, not from a snapshot: a page the guest
+    // writes between its hash and the socket's copy goes out torn, its
+    // hash not matching its bytes.  It is dirty again, so this is never
+    // its last copy: the destination keeps the hash of what it received
+    // (StreamReader::allow_torn_pages()) and the End digest still compares
+    // the last copy of every page.  One pass over the page here (the hash)
+    // and the socket's copy, as a plain send() of the memory would do.
+    const bool zero = is_zero_page(data);
+    std::uint64_t hash;
+    if (zero) {
+        const ZeroHead z{{static_cast<std::uint32_t>(RecordType::ZeroPage), 8}, index};
+        channel_.write(std::as_bytes(std::span(&z, 1)));
+        hash = zero_page_hash();
+    } else {
+        hash = page_hash(data);
         const PageHead h{{static_cast<std::uint32_t>(RecordType::Page),
                           static_cast<std::uint32_t>(16 + kStreamPageSize)},
                          index,
                          hash};
-        std::memcpy(room.data(), &h, sizeof(h));
-        return room.size();
-    });
+        channel_.write_referenced(std::as_bytes(std::span(&h, 1)),
+                                  std::span(data, kStreamPageSize));
+    }
     ++(zero ? zero_pages_ : data_pages_);
     return hash;
 }
@@ -308,9 +306,13 @@ const Record& StreamReader::next() {
             check_index(record_.index);
             // Hashed and handed out where it lies in the read buffer: no copy.
             const auto page = channel_.read_in_place(kStreamPageSize);
-            if (page_hash(page.data()) != record_.hash)
-                malformed("page " + std::to_string(record_.index) +
-                          " does not match its checksum (corrupted in transit)");
+            if (const std::uint64_t hash = page_hash(page.data()); hash != record_.hash) {
+                if (!torn_allowed_)
+                    malformed("page " + std::to_string(record_.index) +
+                              " does not match its checksum (corrupted in transit)");
+                record_.hash = hash;  // what arrived is what the digest counts
+                ++torn_pages_;
+            }
             record_.data = page.data();
             break;
         }

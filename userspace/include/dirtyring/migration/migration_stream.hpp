@@ -128,8 +128,8 @@ public:
 
     void header(std::uint64_t pages, std::uint32_t vcpus, std::uint32_t guest,
                 std::uint32_t flags = 0, std::uint32_t session = 1);
-    // Sends the page as a ZeroPage when it is all zeros; returns the hash of
-    // what was sent (the page may change under a running guest).
+    // Sends the page as a ZeroPage when it is all zeros; returns the hash
+    // the record carries.  `data` must stay mapped until the next flush.
     std::uint64_t page(std::uint64_t index, const std::byte* data);
     void round_end(std::uint32_t round, std::uint64_t pages);
     void vcpu_state(std::uint32_t vcpu, std::span<const std::byte> state);
@@ -159,7 +159,7 @@ private:
 struct Record {
     RecordType type;
     std::uint64_t index = 0;  // Page, ZeroPage, Request; vCPU for VcpuState
-    std::uint64_t hash = 0;   // Page, ZeroPage: verified
+    std::uint64_t hash = 0;   // Page, ZeroPage: of the bytes that arrived
     // Page: kStreamPageSize bytes, in the Channel's read buffer (not copied):
     // valid until the next read from that Channel.
     const std::byte* data = nullptr;
@@ -187,9 +187,19 @@ public:
 
     std::uint64_t pages() const noexcept { return pages_; }
 
+    // While a guest runs on the source (precopy), a page it writes as it
+    // is sent arrives torn: its bytes do not match its hash.  Allowed, the
+    // record then carries the hash of what arrived, and the End digest
+    // decides; not allowed (the default, and from postcopy on, where every
+    // page is final), such a page is a corrupted stream.
+    void allow_torn_pages(bool allowed) noexcept { torn_allowed_ = allowed; }
+    std::uint64_t torn_pages() const noexcept { return torn_pages_; }
+
 private:
     Channel& channel_;
     std::uint64_t pages_;
+    bool torn_allowed_ = false;
+    std::uint64_t torn_pages_ = 0;
     Record record_;
 };
 
