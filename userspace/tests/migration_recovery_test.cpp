@@ -183,6 +183,40 @@ TEST(PostcopyRecoveryFailure, TheSourceGoneLeavesTheDestinationPausedUntilItsTim
     EXPECT_TRUE(destination.guest_started());
 }
 
+// Every page went and the destination verified them, but its Done was lost
+// with the connection (here: a destination that reads to the End and
+// leaves): nobody listens for a resume, and the source cannot tell this
+// from a destination gone, so its error says the guest may run there.
+TEST(PostcopyRecoveryFailure, ADoneLostWithTheConnectionSaysTheGuestMayRunThere) {
+    SKIP_WITHOUT_KVM();
+    auto guest = KvmWorkload::source(small_guest(1));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    auto [src, dst] = channel_pair();
+    std::jthread destination([&dst = dst] {
+        dirtyring::StreamReader r(dst);
+        r.header(1 << 20, 8);
+        try {
+            while (r.next().type != dirtyring::RecordType::End) {
+            }
+        } catch (const Error&) {
+            // The source is gone: nothing to wait for.
+        }
+        dst.shutdown();
+    });
+    Recorded<ConnectingReconnector> nobody{ChannelAddress::parse("unix:" + socket_path("nobody"))};
+    MigrationOptions options;
+    options.postcopy = true;
+    MigrationSource source(*guest, src, options);
+    source.enable_postcopy_recovery(RecoveryOptions{&nobody, 1s});
+    std::string message;
+    EXPECT_EQ(ETIMEDOUT, errno_of([&] { source.run(); }, &message)) << message;
+    EXPECT_NE(std::string::npos, message.find("could not resume")) << message;
+    EXPECT_NE(std::string::npos, message.find("may have verified them and be running the guest"))
+        << message;
+    EXPECT_EQ(1U, nobody.pauses.size());
+}
+
 // abort() while the source waits to reconnect ends the pause at once, with
 // ECANCELED, whatever the timeout.
 TEST(PostcopyRecoveryFailure, AbortEndsASourcesPause) {

@@ -377,6 +377,7 @@ void MigrationSource::postcopy(std::unique_ptr<Link>& link, SourceReport& report
 }
 
 void MigrationSource::stream_postcopy(Link& link, SourceReport& report) {
+    end_sent_ = false;
     ReturnPath& rp = *link.rp;
     PreemptServer* preempt = link.ps ? &*link.ps : nullptr;
     StreamWriter& writer = link.writer;
@@ -407,6 +408,7 @@ void MigrationSource::stream_postcopy(Link& link, SourceReport& report) {
     }
     report.digest = preempt ? preempt->finish() : sent_->digest();
     writer.end(report.digest);
+    end_sent_ = true;
     if (rp.wait_done() != report.digest)
         throw Error(EIO, "the destination's memory digest differs from the source's");
 }
@@ -419,6 +421,13 @@ void MigrationSource::recover(std::unique_ptr<Link>& link, const Error& why, Sou
     retire(*link, report);
     link.reset();
     reconnector.paused(why);
+    // A destination that had every page may have finished, its Done lost
+    // with the connection: then nobody listens for a resume, and this
+    // side cannot tell that from a destination gone.
+    const std::string after_end =
+        end_sent_ ? "; every page had been sent, and the destination may have verified them and "
+                    "be running the guest (its confirmation did not arrive)"
+                  : "";
     const std::uint64_t pages = guest_.pages();
     for (;;) {
         std::unique_ptr<Link> next;
@@ -469,7 +478,7 @@ void MigrationSource::recover(std::unique_ptr<Link>& link, const Error& why, Sou
             if (was_aborted || !is_connection_error(e) || Clock::now() >= deadline)
                 throw Error(was_aborted ? ECANCELED : e.errnum(),
                             std::string("postcopy paused (") + why.what() +
-                                ") and could not resume: " + e.what());
+                                ") and could not resume: " + e.what() + after_end);
             reconnector.refused(e);  // broken again at once: the pause goes on
         }
     }

@@ -167,6 +167,9 @@ private:
     Channel* preempt_ = nullptr;
     RecoveryOptions recovery_;
     std::uint32_t session_ = 0;
+    // The postcopy's End went out on the current connections: a break
+    // after it may have cost only the destination's Done.
+    bool end_sent_ = false;
     // Connections made by recoveries: alive until run() returns.
     std::deque<Channel> reconnected_;
     std::mutex link_mutex_;  // guards link_ and aborted_
