@@ -132,7 +132,9 @@ INSTANTIATE_TEST_SUITE_P(
                     BadArgs{"working_set_too_big", "--memory 8 --working-set 8",
                             "must be less than --memory"},
                     BadArgs{"bad_address", "dest --listen udp:1", "unknown kind"},
-                    BadArgs{"source_without_address", "source", "needs --connect"}),
+                    BadArgs{"source_without_address", "source", "needs --connect"},
+                    BadArgs{"too_many_channels", "--channels 65", "--channels: 65 is out of range"},
+                    BadArgs{"negative_channels", "--channels -1", "'-1' is not a number"}),
     [](const auto& p) { return std::string(p.param.name); });
 
 // Runs the tool with `args`; stdout and stderr apart.
@@ -181,6 +183,21 @@ TEST(MigrateTool, JsonToStdoutIsTheOnlyThingOnStdout) {
     EXPECT_NE(std::string::npos, r.err.find("round  1:")) << r.err;
     EXPECT_NE(std::string::npos, r.err.find("destination: waiting for a source")) << r.err;
     EXPECT_NE(std::string::npos, r.err.find("destination: received")) << r.err;
+}
+
+// --channels N on both sides of a forked run: the precopy's pages go over
+// N connections of their own and the report says so.
+TEST(MigrateTool, PageChannelsMigrateAndAreReported) {
+    if (auto why = dirtyring::KvmGuest::unavailable_reason()) GTEST_SKIP() << *why;
+    const SplitRun r = run_tool_split("--memory 16 --working-set 4 --channels 3 --json -");
+    ASSERT_EQ(0, r.code) << r.out << r.err;
+    const auto j = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.out;
+    EXPECT_EQ("completed", j["status"]);
+    EXPECT_EQ(3, j["x-dirtyring"]["page-channels"]);
+    const auto& dest = j["x-dirtyring"]["destination"];
+    EXPECT_EQ(3, dest["x-dirtyring"]["page-channels"]);
+    EXPECT_EQ(true, dest["x-dirtyring"]["memory-verified"]);
 }
 
 TEST(MigrateTool, AUnixSocketLeftByAKilledDestinationIsReplaced) {

@@ -413,6 +413,145 @@ TEST(MigrationPostcopy, WithAPreemptChannelEveryRequestIsAnsweredOnIt) {
         EXPECT_EQ(guest->next_value(i), r.d.guest->kvm().restored_value(i)) << "vCPU " << i;
 }
 
+// Page channels (QEMU's multifd): the precopy's pages go over them in
+// parallel, the main stream keeps the rest, and the destination ends on
+// the exact memory at the stop.
+struct PageChannels {
+    std::vector<std::pair<Channel, Channel>> pairs;
+    std::vector<Channel*> src, dst;
+    explicit PageChannels(std::size_t n) {
+        pairs.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            auto [a, b] = channel_pair();
+            pairs.emplace_back(std::move(a), std::move(b));
+        }
+        for (auto& [a, b] : pairs) {
+            src.push_back(&a);
+            dst.push_back(&b);
+        }
+    }
+};
+
+class MigrationPageChannels : public testing::TestWithParam<unsigned> {};
+
+TEST_P(MigrationPageChannels, PrecopyMovesTheExactMemoryOverThem) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    PageChannels pages(GetParam());
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    Receiving r(dst, true, nullptr, {}, pages.dst);
+    MigrationOptions options;
+    options.bandwidth_limit = 64 << 20;  // several rounds while the guest writes
+    options.downtime_limit = 20ms;
+    options.max_rounds = 10;
+    options.postcopy_if_not_converged = false;
+    MigrationSource source(*guest, src, options);
+    source.use_page_channels(pages.src);
+    const auto report = source.run();
+    const auto dest_report = r.received.get();
+
+    EXPECT_EQ("precopy", report.mode);
+    EXPECT_EQ(report.digest, dest_report.digest);
+    EXPECT_EQ(report.pages_sent, dest_report.pages_received);
+    EXPECT_EQ(report.bytes_sent, dest_report.bytes_received);
+    // Every channel carried pages, the main stream none.  The first round
+    // sends every page and the 16 MiB guest holds four 1024-page blocks,
+    // so each channel had at least one block: 1024 records of at least 16
+    // bytes (a zero page).  The main stream's header, round ends, vCPU
+    // state and End are far less than one page record per round.
+    for (Channel* c : pages.src)
+        EXPECT_GE(c->bytes_written(), sizeof(dirtyring::StreamHeader) + 1024 * 16);
+    EXPECT_LT(src.bytes_written(), report.rounds * kStreamPageSize);
+    ASSERT_NE(nullptr, r.d.guest);
+    ASSERT_EQ(r.d.guest->snapshot.size(), guest->pages() * kStreamPageSize);
+    EXPECT_EQ(0,
+              std::memcmp(r.d.guest->snapshot.data(), guest->memory(), r.d.guest->snapshot.size()));
+    EXPECT_TRUE(keeps_running(*r.d.guest));
+}
+
+INSTANTIATE_TEST_SUITE_P(Count, MigrationPageChannels, testing::Values(1U, 3U));
+
+// A postcopy after page channels: every precopy copy is stored before the
+// destination discards the stale pages, and postcopy's pages come on the
+// main stream and the preempt channel.
+TEST(MigrationPageChannelsPostcopy, MovesTheExactMemory) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto [psrc, pdst] = channel_pair();
+    PageChannels pages(2);
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    ASSERT_TRUE(guest->wait_first_pass(10s));
+    Receiving r(dst, false, &pdst, {}, pages.dst);
+    MigrationOptions options;
+    options.postcopy = true;
+    options.bandwidth_limit = 16 << 20;
+    MigrationSource source(*guest, src, options);
+    source.use_preempt_channel(psrc);
+    source.use_page_channels(pages.src);
+    const auto report = source.run();
+    const auto dest_report = r.received.get();
+    EXPECT_EQ("postcopy", report.mode);
+    EXPECT_EQ(report.digest, dest_report.digest);
+    EXPECT_EQ(report.pages_sent, dest_report.pages_received);
+    ASSERT_NE(nullptr, r.d.guest);
+    EXPECT_TRUE(keeps_running(*r.d.guest));
+    r.d.guest->stop();
+    for (unsigned i = 0; i < 2; ++i)
+        EXPECT_EQ(guest->next_value(i), r.d.guest->kvm().restored_value(i)) << "vCPU " << i;
+}
+
+// Sides that disagree on the number of page channels: the destination
+// says so, the source fails with its reason (and never hangs on a channel
+// nobody reads), and its guest runs on.
+struct ChannelCounts {
+    const char* name;
+    unsigned source;
+    unsigned destination;
+    const char* says;
+};
+
+class MigrationPageChannelsDisagree : public testing::TestWithParam<ChannelCounts> {};
+
+TEST_P(MigrationPageChannelsDisagree, AndTheDestinationSaysHow) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    PageChannels source_side(GetParam().source);
+    PageChannels destination_side(GetParam().destination);
+    auto guest = KvmWorkload::source(small_guest(1));
+    guest->start();
+    Receiving r(dst, true, nullptr, {}, destination_side.dst);
+    MigrationSource source(*guest, src, MigrationOptions{});
+    source.use_page_channels(source_side.src);
+    std::string message;
+    EXPECT_EQ(EREMOTEIO, errno_of([&] { source.run(); }, &message)) << message;
+    EXPECT_NE(std::string::npos, message.find(GetParam().says)) << message;
+    EXPECT_EQ(EPROTO, errno_of([&] { r.received.get(); }));
+    EXPECT_TRUE(keeps_running(*guest));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, MigrationPageChannelsDisagree,
+    testing::Values(
+        ChannelCounts{"more_at_the_source", 3, 1, "on 3 page channels; this destination has 1"},
+        ChannelCounts{"none_at_the_source", 0, 2, "on 0 page channels; this destination has 2"},
+        ChannelCounts{"none_at_the_destination", 2, 0,
+                      "on 2 page channels; this destination has 0"}),
+    [](const auto& p) { return std::string(p.param.name); });
+
+TEST(MigrationPageChannelsBadInput, TooManyOrNoneAreRefused) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    auto guest = KvmWorkload::source(small_guest(1));
+    MigrationSource source(*guest, src, MigrationOptions{});
+    EXPECT_EQ(
+        EINVAL, errno_of([&] {
+            source.use_page_channels(std::vector<Channel*>(dirtyring::kMaxPageChannels + 1, &src));
+        }));
+    EXPECT_EQ(EINVAL, errno_of([&] { source.use_page_channels({nullptr}); }));
+}
+
 TEST(MigrationPostcopy, APrecopyWithAPreemptChannelNeverUsesIt) {
     SKIP_WITHOUT_KVM();
     auto [src, dst] = channel_pair();
@@ -666,7 +805,10 @@ INSTANTIATE_TEST_SUITE_P(
                         "resumes a postcopy this destination never began"},
         PreemptMismatch{"an_abort_as_the_first_connection", dirtyring::kStreamAbort, -1, false, 64,
                         "resumes a postcopy this destination never began"},
-        PreemptMismatch{"unknown_flag", 16, -1, false, 64, "unknown flags 16"}),
+        PreemptMismatch{"a_page_channel_as_the_main_stream",
+                        dirtyring::kStreamPageChannel | dirtyring::page_channels_flags(1), -1,
+                        false, 64, "is a page channel, not the main stream"},
+        PreemptMismatch{"unknown_flag", 32, -1, false, 64, "unknown flags 32"}),
     [](const auto& p) { return std::string(p.param.name); });
 
 // The destination's preempt reader fails (here a record that is not a

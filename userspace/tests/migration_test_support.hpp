@@ -124,9 +124,11 @@ struct Destination {
 // A destination receiving from `wire` on its own thread.
 struct Receiving {
     explicit Receiving(Channel& wire, bool snapshot = true, Channel* preempt = nullptr,
-                       std::function<void()> on_start = {})
+                       std::function<void()> on_start = {},
+                       std::vector<Channel*> page_channels = {})
         : d{snapshot, nullptr, std::move(on_start)}, destination(wire, d.factory()) {
         if (preempt) destination.use_preempt_channel(*preempt);
+        destination.use_page_channels(std::move(page_channels));
         received = std::async(std::launch::async, [this] { return destination.run(); });
     }
 

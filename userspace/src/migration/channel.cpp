@@ -188,8 +188,9 @@ Listener::Listener(const ChannelAddress& address) {
             throw_errno("bind " + address.to_string());
     }
     if (sa.family == AF_UNIX) unlink_path_ = address.path_or_host;
-    if (::listen(fd_.get(), 2))  // the stream and the preempt channel
-        throw_errno("listen " + address.to_string());
+    // The stream, the preempt channel and the page channels, connected
+    // before the first is accepted.
+    if (::listen(fd_.get(), 64)) throw_errno("listen " + address.to_string());
 }
 
 Listener::~Listener() {

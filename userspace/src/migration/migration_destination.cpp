@@ -181,9 +181,98 @@ DestinationReport MigrationDestination::receive() {
         if (p.flags != (kStreamPreempt | kStreamPreemptChannel) || !same_migration(p, header))
             throw Error(EPROTO, "the second connection is not this migration's preempt channel");
     }
+    if (header.flags & kStreamPageChannel)
+        throw Error(EPROTO, "the migration connection is a page channel, not the main stream");
+    if (page_channels_of(header.flags) != page_channels_.size())
+        throw Error(EPROTO, "the source sends its pages on " +
+                                std::to_string(page_channels_of(header.flags)) +
+                                " page channels; this destination has " +
+                                std::to_string(page_channels_.size()));
+    for (Channel* c : page_channels_) {
+        const StreamHeader p = StreamReader(*c).header(limits_.max_pages, limits_.max_vcpus);
+        if (p.flags != (kStreamPageChannel | page_channels_flags(page_channels_.size())) ||
+            !same_migration(p, header))
+            throw Error(EPROTO, "a connection that is not one of this migration's page channels");
+    }
     memory_ = Mapping::anonymous(pages * kStreamPageSize, "destination guest memory");
     auto* memory = memory_.as<std::byte>();
     MemoryDigest received(pages);
+    // A precopy page: into memory as it came (the guest runs here only
+    // after the End, or the Postcopy record).  A page's copies come on one
+    // connection, so one thread at a time stores each page.
+    const auto store_precopy = [&](const Record& r) {
+        if (r.type == RecordType::Page)
+            std::memcpy(memory + r.index * kStreamPageSize, r.data, kStreamPageSize);
+        else if (received.get(r.index) != zero_page_hash())
+            // Fresh anonymous memory reads as zeros: only a page that held
+            // data is cleared.  Touching the others would fault in all of
+            // memory, and a stream of zero pages (16 bytes each) would leave
+            // this side far behind the source.
+            std::memset(memory + r.index * kStreamPageSize, 0, kStreamPageSize);
+        received.set(r.index, r.hash);
+    };
+    // The page channels' readers.  The first to fail shuts every
+    // connection (the source would block on a channel nobody reads) and
+    // its reason is the migration's.
+    struct PageReader {
+        std::jthread thread;
+        std::uint64_t pages = 0;
+        std::uint64_t zero_pages = 0;
+    };
+    std::vector<PageReader> page_readers(page_channels_.size());
+    std::mutex page_mutex;
+    std::exception_ptr page_failure;  // under page_mutex
+    std::atomic<bool> page_failed{false};
+    const auto shut_page_channels = [&] {
+        for (Channel* c : page_channels_) c->shutdown();
+    };
+    for (std::size_t i = 0; i < page_readers.size(); ++i)
+        page_readers[i].thread = std::jthread([&, i] {
+            PageReader& me = page_readers[i];
+            try {
+                StreamReader pr(*page_channels_[i], pages);
+                pr.allow_torn_pages(true);
+                for (;;) {
+                    const Record& r = pr.next();
+                    if (r.type == RecordType::End) return;
+                    if (r.type != RecordType::Page && r.type != RecordType::ZeroPage)
+                        throw Error(EPROTO, "a record other than a page");
+                    store_precopy(r);
+                    ++me.pages;
+                    if (r.type == RecordType::ZeroPage) ++me.zero_pages;
+                }
+            } catch (const Error& e) {
+                std::lock_guard lock(page_mutex);
+                if (page_failure) return;
+                page_failure = std::make_exception_ptr(
+                    Error(e.errnum(), "page channel " + std::to_string(i + 1) + ": " + e.what()));
+                page_failed.store(true, std::memory_order_release);
+                shut_page_channels();
+                channel_.shutdown();
+            }
+        });
+    const auto join_page_readers = [&] {
+        for (PageReader& r : page_readers)
+            if (r.thread.joinable()) r.thread.join();
+    };
+    // On any error: woken and joined before what they use goes.
+    struct StopPageReaders {
+        decltype(shut_page_channels)& shut;
+        decltype(join_page_readers)& join;
+        ~StopPageReaders() {
+            shut();
+            join();
+        }
+    } stop_page_readers{shut_page_channels, join_page_readers};
+    // Before the Postcopy record or the End: every precopy copy stored.
+    const auto finish_page_channels = [&] {
+        join_page_readers();
+        if (page_failed.load(std::memory_order_acquire)) std::rethrow_exception(page_failure);
+        for (PageReader& r : page_readers) {
+            report.pages_received += std::exchange(r.pages, 0);
+            report.zero_pages += std::exchange(r.zero_pages, 0);
+        }
+    };
     std::vector<std::vector<std::byte>> vcpu_states(header.vcpus);
     auto requests = std::make_unique<ReturnPathSource>(preempt_ ? *preempt_ : channel_, memory,
                                                        preempt_ ? "preempt channel" : "return path",
@@ -367,6 +456,10 @@ DestinationReport MigrationDestination::receive() {
             try {
                 return reader->next();
             } catch (const Error&) {
+                if (page_failed.load(std::memory_order_acquire)) {
+                    join_page_readers();  // their connections are shut
+                    std::rethrow_exception(page_failure);
+                }
                 std::exception_ptr reason;
                 if (preempt_failed.load(std::memory_order_acquire)) reason = stop_preempt_reader();
                 try {
@@ -382,24 +475,22 @@ DestinationReport MigrationDestination::receive() {
         const Record& r = next();
         switch (r.type) {
             case RecordType::Page:
-                if (postcopy)
+                if (postcopy) {
                     postcopy->place_page(memory + r.index * kStreamPageSize,
                                          std::span(r.data, kStreamPageSize));
-                else
-                    std::memcpy(memory + r.index * kStreamPageSize, r.data, kStreamPageSize);
-                received.set(r.index, r.hash);
+                    received.set(r.index, r.hash);
+                } else {
+                    store_precopy(r);
+                }
                 ++report.pages_received;
                 break;
             case RecordType::ZeroPage:
-                if (postcopy)
+                if (postcopy) {
                     postcopy->place_zero_page(memory + r.index * kStreamPageSize);
-                else if (received.get(r.index) != zero_page_hash())
-                    // Fresh anonymous memory reads as zeros: only a page that
-                    // held data is cleared.  Touching the others would fault
-                    // in all of memory, and a stream of zero pages (16 bytes
-                    // each) would leave this side far behind the source.
-                    std::memset(memory + r.index * kStreamPageSize, 0, kStreamPageSize);
-                received.set(r.index, r.hash);
+                    received.set(r.index, r.hash);
+                } else {
+                    store_precopy(r);
+                }
                 ++report.pages_received;
                 ++report.zero_pages;
                 break;
@@ -415,6 +506,7 @@ DestinationReport MigrationDestination::receive() {
                 break;
             case RecordType::Postcopy: {
                 if (postcopy) throw Error(EPROTO, "malformed migration stream: Postcopy twice");
+                finish_page_channels();  // no precopy copy lands after the discard
                 // The guest is stopped at the source: every page from here
                 // on is final, and a torn one is a corrupted stream.
                 reader->allow_torn_pages(false);
@@ -436,6 +528,7 @@ DestinationReport MigrationDestination::receive() {
             case RecordType::Cancel:
                 throw Error(ECANCELED, "the source cancelled the migration");
             case RecordType::End: {
+                if (!postcopy) finish_page_channels();
                 if (preempt_reader.joinable()) {
                     // The source ends the preempt channel before this stream.
                     preempt_reader.join();
@@ -479,6 +572,7 @@ DestinationReport MigrationDestination::receive() {
                 report.bytes_received =
                     channel_.bytes_read() + (preempt_ ? preempt_->bytes_read() : 0);
                 for (const Channel& c : reconnected_) report.bytes_received += c.bytes_read();
+                for (const Channel* c : page_channels_) report.bytes_received += c->bytes_read();
                 report.total_time = Clock::now() - start;
                 return report;
             }

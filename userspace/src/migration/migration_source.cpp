@@ -22,6 +22,10 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kDoneTimeout = std::chrono::seconds(60);
 constexpr std::uint64_t kPostcopyBatch = 8;
 constexpr auto kAbortNoticeTimeout = std::chrono::seconds(2);
+// Page channels take the dirty bitmap in blocks of this many words (1024
+// pages, 4 MiB), dealt round robin: long runs for each sender, and every
+// channel busy whatever part of memory is dirty.
+constexpr std::uint64_t kPageChannelBlockWords = 16;
 
 // Atomic: in postcopy the preempt channel's thread takes pages too.
 bool test_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
@@ -38,7 +42,10 @@ bool take_bit(std::vector<std::uint64_t>& bits, std::uint64_t page) {
 // Reads the destination's records while the migration runs.
 class MigrationSource::ReturnPath {
 public:
-    ReturnPath(Channel& channel, std::uint64_t pages) : reader_(channel, pages) {
+    // `on_failure` runs once the destination failed or its return path broke:
+    // it wakes senders blocked on connections nobody reads any more.
+    ReturnPath(Channel& channel, std::uint64_t pages, std::function<void()> on_failure)
+        : reader_(channel, pages), on_failure_(std::move(on_failure)) {
         thread_ = std::jthread([this] { loop(); });
     }
     ~ReturnPath() = default;  // the owner shuts the channel down first
@@ -87,6 +94,7 @@ private:
                     failure_ = std::make_exception_ptr(
                         Error(EREMOTEIO, "the destination failed: " + r.message));
                     cv_.notify_all();
+                    on_failure_();
                     return;
                 } else {
                     throw Error(EPROTO, "unexpected record on the return path");
@@ -98,10 +106,12 @@ private:
                 failure_ = std::make_exception_ptr(Error(
                     e.errnum(), std::string("return path from the destination: ") + e.what()));
             cv_.notify_all();
+            on_failure_();
         }
     }
 
     StreamReader reader_;
+    std::function<void()> on_failure_;
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     std::deque<std::uint64_t> requests_;
@@ -201,7 +211,9 @@ struct MigrationSource::Link {
 
     // After the handshake: nothing else may read the connections then.
     void start(MigrationSource& source, std::uint64_t pages) {
-        rp.emplace(main, pages);
+        rp.emplace(main, pages, [&source] {
+            for (Channel* c : source.page_channels_) c->shutdown();
+        });
         if (preempt) ps.emplace(source, *preempt);
     }
     void close() {
@@ -303,18 +315,83 @@ void MigrationSource::send_page(StreamWriter& writer, std::uint64_t page) {
     live_pages_.fetch_add(1, std::memory_order_relaxed);
 }
 
-std::uint64_t MigrationSource::send_dirty(StreamWriter& writer, const ReturnPath& rp) {
+void MigrationSource::use_page_channels(std::vector<Channel*> channels) {
+    if (channels.size() > kMaxPageChannels)
+        throw Error(EINVAL, "migration: " + std::to_string(channels.size()) +
+                                " page channels (at most " + std::to_string(kMaxPageChannels) +
+                                ")");
+    for (const Channel* c : channels)
+        if (!c) throw Error(EINVAL, "migration: a page channel that is no connection");
+    page_channels_ = std::move(channels);
+}
+
+std::uint64_t MigrationSource::bytes_written() const {
+    std::uint64_t bytes = channel_.bytes_written();
+    for (const Channel* c : page_channels_) bytes += c->bytes_written();
+    return bytes;
+}
+
+std::uint64_t MigrationSource::send_dirty_share(StreamWriter& writer, const ReturnPath& rp,
+                                                std::size_t slot, std::size_t slots,
+                                                const std::atomic<bool>& stop) {
     std::uint64_t sent = 0;
     for (std::uint64_t w = 0; w < migration_.size(); ++w) {
+        if (slots > 1 && (w / kPageChannelBlockWords) % slots != slot) {
+            w += kPageChannelBlockWords - 1 - w % kPageChannelBlockWords;  // the next block
+            continue;
+        }
+        // Each word is one sender's alone.
         while (migration_[w]) {
             const auto bit = static_cast<std::uint64_t>(std::countr_zero(migration_[w]));
             migration_[w] &= migration_[w] - 1;
             const std::uint64_t page = w * 64 + bit;
             send_page(writer, page);
-            if (++sent % 256 == 0) check_cancel_and_failures(rp);
+            if (++sent % 256 == 0) {
+                check_cancel_and_failures(rp);
+                if (stop.load(std::memory_order_relaxed)) return sent;
+            }
         }
     }
     return sent;
+}
+
+std::uint64_t MigrationSource::send_dirty(StreamWriter& writer, const ReturnPath& rp) {
+    const std::atomic<bool> never{false};
+    if (page_writers_.empty()) return send_dirty_share(writer, rp, 0, 1, never);
+    // A sender per channel: on a 2-core host two streams move about twice
+    // the bytes of one (neither side of a socket keeps a core busy alone).
+    const std::size_t n = page_writers_.size();
+    std::vector<std::exception_ptr> failures(n);
+    std::atomic<bool> stop{false};
+    std::atomic<std::uint64_t> sent{0};
+    {
+        std::vector<std::jthread> senders;
+        senders.reserve(n);
+        for (std::size_t i = 0; i < n; ++i)
+            senders.emplace_back([&, i] {
+                try {
+                    sent += send_dirty_share(page_writers_[i], rp, i, n, stop);
+                    page_writers_[i].flush();
+                } catch (...) {
+                    failures[i] = std::current_exception();
+                    stop = true;
+                }
+            });
+    }
+    // The destination's own reason first: a failed destination breaks the
+    // page channels too.
+    if (std::any_of(failures.begin(), failures.end(), [](const auto& f) { return f != nullptr; }))
+        check_cancel_and_failures(rp);
+    for (const auto& f : failures)
+        if (f) std::rethrow_exception(f);
+    return sent;
+}
+
+void MigrationSource::end_page_channels() {
+    for (StreamWriter& w : page_writers_) {
+        w.end(0);
+        w.flush();
+    }
 }
 
 void MigrationSource::send_vcpus(StreamWriter& writer) {
@@ -323,10 +400,13 @@ void MigrationSource::send_vcpus(StreamWriter& writer) {
 
 void MigrationSource::postcopy(std::unique_ptr<Link>& link, SourceReport& report,
                                bool& guest_left) {
-    report.precopy_bytes = channel_.bytes_written();
     const auto stop = Clock::now();
     guest_.stop();
     guest_.harvest_into(migration_);
+    // Every precopy copy is out before the destination discards the stale
+    // pages: it reads the page channels to their End first.
+    end_page_channels();
+    report.precopy_bytes = bytes_written();
 
     // Pages the destination holds stale copies of: it discards them, so
     // that its vCPUs fault on them and request them.
@@ -505,12 +585,28 @@ SourceReport MigrationSource::run() {
     try {
         install(link.get());
         channel_.set_bandwidth_limit(options_.bandwidth_limit);
-        link->writer.header(pages, guest_.vcpus(), guest_.kind(), preempt_ ? kStreamPreempt : 0,
-                            session_);
+        const std::uint32_t channels = page_channels_flags(page_channels_.size());
+        link->writer.header(pages, guest_.vcpus(), guest_.kind(),
+                            (preempt_ ? kStreamPreempt : 0) | channels, session_);
+        // At once: the destination reads it before any other connection,
+        // and with page channels nothing else goes here before a round's end.
+        channel_.flush();
         if (preempt_) {
             StreamWriter(*preempt_).header(pages, guest_.vcpus(), guest_.kind(),
                                            kStreamPreempt | kStreamPreemptChannel, session_);
             preempt_->flush();
+        }
+        page_writers_.clear();
+        for (Channel* c : page_channels_) {
+            // Together within the limit (the main stream's few bytes aside).
+            c->set_bandwidth_limit(
+                options_.bandwidth_limit
+                    ? std::max<std::uint64_t>(options_.bandwidth_limit / page_channels_.size(), 1)
+                    : 0);
+            page_writers_.emplace_back(*c);
+            page_writers_.back().header(pages, guest_.vcpus(), guest_.kind(),
+                                        kStreamPageChannel | channels, session_);
+            c->flush();
         }
         // Start a clean dirty cycle, then send everything once.
         migration_.assign((pages + 63) / 64, 0);
@@ -524,7 +620,7 @@ SourceReport MigrationSource::run() {
 
         for (unsigned round = 1;; ++round) {
             const auto round_start = Clock::now();
-            const auto bytes_before = channel_.bytes_written();
+            const auto bytes_before = bytes_written();
             std::uint64_t round_pages = 0;
             for (const std::uint64_t w : migration_)
                 round_pages += static_cast<std::uint64_t>(std::popcount(w));
@@ -545,8 +641,7 @@ SourceReport MigrationSource::run() {
             p.dirty_pages = dirty;
             p.dirty_rate = seconds > 0 ? static_cast<double>(dirty) / seconds : 0;
             p.bandwidth =
-                seconds > 0 ? static_cast<double>(channel_.bytes_written() - bytes_before) / seconds
-                            : 0;
+                seconds > 0 ? static_cast<double>(bytes_written() - bytes_before) / seconds : 0;
             p.pending_bytes = dirty * kStreamPageSize;
             p.expected_downtime =
                 p.bandwidth > 0 ? std::chrono::nanoseconds(static_cast<std::int64_t>(
@@ -580,6 +675,7 @@ SourceReport MigrationSource::run() {
             guest_.stop();
             guest_.harvest_into(migration_);
             send_dirty(writer, rp);
+            end_page_channels();
             send_vcpus(writer);
             report.digest = sent_->digest();
             // Until the destination confirms, the guest is still the source's.
@@ -616,6 +712,11 @@ SourceReport MigrationSource::run() {
     }
     install(nullptr);
     retire(*link, report);
+    for (std::size_t i = 0; i < page_writers_.size(); ++i) {
+        report.pages_sent += page_writers_[i].zero_pages() + page_writers_[i].data_pages();
+        report.zero_pages += page_writers_[i].zero_pages();
+        report.bytes_sent += page_channels_[i]->bytes_written();
+    }
     if (report.mode != "postcopy") report.precopy_bytes = report.bytes_sent;
     report.postcopy_bytes = report.bytes_sent - report.precopy_bytes;
     report.total_time = Clock::now() - start;

@@ -9,9 +9,10 @@
 // main thread only waits for the migration or for SIGINT/SIGTERM, which
 // cancel it in precopy (in postcopy a second one aborts it).  The
 // destination (MigrationDestination) receives, verifies and starts the
-// guest, lets it run, and shows that it continued.  Two connections join
-// the sides: the migration stream, then the preempt channel that carries
-// postcopy page requests and their answers.
+// guest, lets it run, and shows that it continued.  Connections join the
+// sides in this order: the migration stream, the preempt channel that
+// carries postcopy page requests and their answers, then --channels page
+// channels for the precopy's pages.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -22,6 +23,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -87,6 +89,7 @@ struct Args {
     bool print_backend = false;
     std::string recover_address;           // where a broken postcopy reconnects; default: address
     std::uint64_t recover_timeout_s = 60;  // 0: no recovery
+    unsigned channels = 0;                 // page channels; 0: pages on the main stream
 };
 
 const char* kUsage =
@@ -109,6 +112,9 @@ const char* kUsage =
     "  --downtime-limit MS  switch over when the expected downtime is under it (default 30)\n"
     "  --max-rounds N       precopy rounds before postcopy (default 30)\n"
     "  --postcopy           switch to postcopy after the first round\n"
+    "  --channels N         send the precopy's pages over N connections of their own,\n"
+    "                       in parallel (QEMU's multifd channels; 0..64, default 0:\n"
+    "                       on the main stream); both sides must say the same\n"
     "  --run-after MS       how long the destination runs the guest before it reports\n"
     "                       (default 500)\n"
     "  --json FILE          write the final report to FILE as QEMU's query-migrate\n"
@@ -194,6 +200,8 @@ Args parse(int argc, char** argv) {
             a.json_path = v;
         } else if (opt == "--recover") {
             a.recover_address = v;
+        } else if (opt == "--channels") {
+            a.channels = static_cast<unsigned>(number(opt, v, 0, 64));
         } else if (opt == "--recover-timeout") {
             a.recover_timeout_s = number(opt, v, 0, 86'400);
         } else if (opt == "--json-internal") {
@@ -405,6 +413,11 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
               << std::chrono::seconds(kConnectTimeout).count() << " s)" << std::endl;
     Channel channel = Channel::connect(address, kConnectTimeout);
     Channel preempt = Channel::connect(address, kConnectTimeout);
+    std::deque<Channel> page_channels;  // stable addresses
+    std::vector<Channel*> page_channel_ptrs;
+    for (unsigned i = 0; i < a.channels; ++i)
+        page_channel_ptrs.push_back(
+            &page_channels.emplace_back(Channel::connect(address, kConnectTimeout)));
     // Connected: this process's copy of the forked destination's socket
     // goes; the file stays, for a recovery to reconnect to.
     if (own_listener) own_listener->disown();
@@ -451,6 +464,7 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                               {"elapsed-ms", ms(p.elapsed)}});
         });
     source.use_preempt_channel(preempt);
+    source.use_page_channels(page_channel_ptrs);
     const std::string recover_at = a.recover_address.empty() ? a.address : a.recover_address;
     std::optional<Announced<dirtyring::ConnectingReconnector>> reconnector;
     if (a.recover_timeout_s) {
@@ -639,6 +653,7 @@ int source_main(const Args& a, std::optional<Listener> own_listener, json* repor
                 {"expected-downtime-ms", ms(r.expected_downtime)},
                 {"downtime-limit", a.downtime_ms},
                 {"preempt-pages", r.preempt_pages},
+                {"page-channels", a.channels},
                 {"postcopy-recoveries", r.postcopy_recoveries},
                 {"postcopy-paused-ms", ms(r.postcopy_paused)},
                 {"memory-digest", r.digest},
@@ -667,6 +682,20 @@ int dest_main(const Args& a, Listener listener) {
         }
     };
     Channel preempt = accept_preempt();
+    std::deque<Channel> page_channels;
+    std::vector<Channel*> page_channel_ptrs;
+    for (unsigned i = 0; i < a.channels; ++i) {
+        try {
+            page_channel_ptrs.push_back(
+                &page_channels.emplace_back(listener.accept(kPreemptAcceptTimeout)));
+        } catch (const Error& e) {
+            if (e.errnum() != ETIMEDOUT) throw;
+            throw Error(ETIMEDOUT, "the source opened " + std::to_string(i) + " page channels of " +
+                                       std::to_string(a.channels) + " within " +
+                                       std::to_string(kPreemptAcceptTimeout.count()) +
+                                       " s (--channels must be the same on both sides)");
+        }
+    }
     // A recovery comes in on the same listener, or on --recover's.
     std::optional<Listener> recover_listener;
     if (!a.recover_address.empty() && a.recover_address != a.address)
@@ -701,6 +730,7 @@ int dest_main(const Args& a, Listener listener) {
                                     ", which this destination cannot run");
         });
     destination.use_preempt_channel(preempt);
+    destination.use_page_channels(page_channel_ptrs);
     if (reconnector)
         destination.enable_postcopy_recovery(
             {&*reconnector, std::chrono::seconds(a.recover_timeout_s)});
@@ -781,6 +811,7 @@ int dest_main(const Args& a, Listener listener) {
                 {"zero-pages", r.zero_pages},
                 {"bytes-received", r.bytes_received},
                 {"preempt-pages", r.preempt_pages},
+                {"page-channels", a.channels},
                 {"postcopy-recoveries", r.postcopy_recoveries},
                 {"postcopy-paused-ms", ms(r.postcopy_paused)},
                 {"memory-digest", r.digest},

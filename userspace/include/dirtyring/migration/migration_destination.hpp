@@ -29,6 +29,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include "dirtyring/base/mapping.hpp"
 #include "dirtyring/migration/channel.hpp"
@@ -78,6 +79,13 @@ public:
     // run().
     void use_preempt_channel(Channel& preempt) noexcept { preempt_ = &preempt; }
 
+    // The precopy's pages come in on `channels` too (the source's page
+    // channels, accepted after the preempt channel if any), each read by a
+    // thread of run()'s.  Before run(); as many as the source has.
+    void use_page_channels(std::vector<Channel*> channels) noexcept {
+        page_channels_ = std::move(channels);
+    }
+
     // A connection broken in postcopy pauses the migration (vCPUs stay
     // blocked on their missing pages) until `recovery.reconnector` accepts
     // the source's new connections (recovery.hpp), for at most
@@ -109,6 +117,7 @@ private:
 
     Channel& channel_;
     Channel* preempt_ = nullptr;
+    std::vector<Channel*> page_channels_;
     RecoveryOptions recovery_;
     std::deque<Channel> reconnected_;  // alive until the destination goes
     std::mutex link_mutex_;            // guards main_, live_preempt_, aborted_

@@ -100,6 +100,14 @@ public:
     // have one too.
     void use_preempt_channel(Channel& preempt) noexcept { preempt_ = &preempt; }
 
+    // The precopy's pages go over `channels` (connections to the same
+    // destination, made after the preempt channel if any), in parallel,
+    // each with its share of the bandwidth limit: QEMU's multifd.  Each
+    // page always takes the same channel, so its copies arrive in order.
+    // Before run(); the destination must have as many (at most
+    // kMaxPageChannels).  Postcopy's pages stay on the main stream.
+    void use_page_channels(std::vector<Channel*> channels);
+
     // A connection broken in postcopy pauses the migration until
     // `recovery.reconnector` connects again (recovery.hpp), for at most
     // `recovery.timeout` each time.  Before run().
@@ -141,7 +149,14 @@ private:
     void check_cancel_and_failures(const ReturnPath& rp);
     // Sends one page and remembers the hash of what was sent.
     void send_page(StreamWriter& writer, std::uint64_t page);
+    // Sends the dirty pages, on the page channels when there are.
     std::uint64_t send_dirty(StreamWriter& writer, const ReturnPath& rp);
+    // The pages of the blocks of page channel `slot` of `slots`, or all of
+    // them for slots == 1; returns early once `stop` is set.
+    std::uint64_t send_dirty_share(StreamWriter& writer, const ReturnPath& rp, std::size_t slot,
+                                   std::size_t slots, const std::atomic<bool>& stop);
+    void end_page_channels();
+    std::uint64_t bytes_written() const;
     void send_vcpus(StreamWriter& writer);
     // Sets guest_left as the guest's state goes out: until then a failure
     // or a cancel still restarts the source guest.  Replaces `link` on
@@ -165,6 +180,8 @@ private:
     MigratableGuest& guest_;
     Channel& channel_;
     Channel* preempt_ = nullptr;
+    std::vector<Channel*> page_channels_;
+    std::vector<StreamWriter> page_writers_;  // one per page channel, in run()
     RecoveryOptions recovery_;
     std::uint32_t session_ = 0;
     // The postcopy's End went out on the current connections: a break

@@ -10,6 +10,12 @@
 // kStreamPreemptChannel: on it the destination's Requests go to the source
 // and the requested pages come back, then End, never behind the main
 // stream's background pages or its bandwidth limit.
+// A migration with page channels (their number in the main header's
+// flags, page_channels_of()) has that many more connections, each flagged
+// kStreamPageChannel: the precopy's pages go on them, in parallel, each
+// page always on the same one (so its copies arrive in order), then End on
+// each before the main stream's Postcopy or End; the main stream keeps the
+// rest (RoundEnd, VcpuState, End, and every page from postcopy on).
 // A postcopy whose connections broke resumes on new ones (recovery.hpp):
 // each starts with a header flagged kStreamResume and carrying the session
 // of the first, and the destination answers on the new main connection with
@@ -24,11 +30,12 @@
 // (the destination verified the memory and runs the guest), Failed
 // (a message), Resume (runs of pages still missing, after a recovery).
 //
-// Every page carries its XXH3-64 hash, which the reader verifies; the End
-// record carries the digest of the whole memory (MemoryDigest).  A reader
-// refuses, with Error(EPROTO) naming what it found, a stream of another
-// version, an unknown record, a length that does not match its type, a page
-// out of range or a hash that does not match.
+// Every page carries its XXH3-64 hash, which the reader verifies (in
+// precopy a page may arrive torn: see StreamReader::allow_torn_pages()); the
+// End record carries the digest of the whole memory (MemoryDigest).  A
+// reader refuses, with Error(EPROTO) naming what it found, a stream of
+// another version, an unknown record, a length that does not match its
+// type, a page out of range or a hash that does not match.
 //
 // Thread-safety: a StreamWriter or StreamReader belongs to one thread at a
 // time; a source may write the stream while another thread reads the return
@@ -55,7 +62,7 @@ struct StreamHeader {
     std::uint64_t pages;
     std::uint32_t vcpus;
     std::uint32_t guest;  // MigratableGuest::kind(): what the destination builds
-    std::uint32_t flags;  // kStreamPreempt, kStreamPreemptChannel, kStreamResume
+    std::uint32_t flags;  // kStreamPreempt, kStreamPreemptChannel, kStreamResume, ...
     // Chosen at random by the source, never 0: what tells a resuming
     // connection of this migration from one of another.
     std::uint32_t session;
@@ -66,8 +73,23 @@ inline constexpr std::uint32_t kStreamPreempt = 1;         // a preempt channel 
 inline constexpr std::uint32_t kStreamPreemptChannel = 2;  // this connection is that channel
 inline constexpr std::uint32_t kStreamResume = 4;          // resumes the session's postcopy
 inline constexpr std::uint32_t kStreamAbort = 8;  // with kStreamResume: the source aborted it
-inline constexpr std::uint32_t kStreamKnownFlags =
-    kStreamPreempt | kStreamPreemptChannel | kStreamResume | kStreamAbort;
+inline constexpr std::uint32_t kStreamPageChannel = 16;  // this connection is a page channel
+// Bits 8-15, in the main header and each page channel's: how many page
+// channels carry the precopy's pages (QEMU's multifd channels); 0: the
+// main stream carries them.
+inline constexpr unsigned kStreamPageChannelsShift = 8;
+inline constexpr std::uint32_t kStreamPageChannelsMask = 0xffU << kStreamPageChannelsShift;
+inline constexpr unsigned kMaxPageChannels = 0xff;
+inline constexpr std::uint32_t kStreamKnownFlags = kStreamPreempt | kStreamPreemptChannel |
+                                                   kStreamResume | kStreamAbort |
+                                                   kStreamPageChannel | kStreamPageChannelsMask;
+
+constexpr std::uint32_t page_channels_flags(std::size_t channels) noexcept {
+    return static_cast<std::uint32_t>(channels) << kStreamPageChannelsShift;
+}
+constexpr unsigned page_channels_of(std::uint32_t flags) noexcept {
+    return (flags & kStreamPageChannelsMask) >> kStreamPageChannelsShift;
+}
 
 enum class RecordType : std::uint32_t {
     Page = 1,
