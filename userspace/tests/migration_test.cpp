@@ -540,6 +540,55 @@ INSTANTIATE_TEST_SUITE_P(
                       "on 2 page channels; this destination has 0"}),
     [](const auto& p) { return std::string(p.param.name); });
 
+// A cancel with page channels: the destination discards (its page readers
+// stopped), and the source guest runs on.
+TEST(MigrationPageChannelsFailure, CancelLeavesTheSourceGuestRunning) {
+    SKIP_WITHOUT_KVM();
+    auto [src, dst] = channel_pair();
+    PageChannels pages(2);
+    auto guest = KvmWorkload::source(small_guest(2));
+    guest->start();
+    Receiving r(dst, true, nullptr, {}, pages.dst);
+    MigrationOptions options;
+    options.downtime_limit = 1ms;
+    options.max_rounds = 1000;
+    options.postcopy_if_not_converged = false;
+    MigrationSource* self = nullptr;
+    MigrationSource source(*guest, src, options, [&](const auto& p) {
+        if (p.round == 2) self->cancel();
+    });
+    self = &source;
+    source.use_page_channels(pages.src);
+    EXPECT_EQ(ECANCELED, errno_of([&] { source.run(); }));
+    EXPECT_EQ(ECANCELED, errno_of([&] { r.received.get(); }));
+    EXPECT_EQ(nullptr, r.d.guest);
+    EXPECT_TRUE(keeps_running(*guest));
+}
+
+// A page channel that carries something else than pages: the destination
+// fails with that channel's reason (its other readers and the main stream
+// woken, nothing left blocked), and the source is told.
+TEST(MigrationPageChannelsFailure, ABadPageChannelEndsTheDestinationWithItsReason) {
+    auto [src, dst] = channel_pair();
+    PageChannels pages(2);
+    StreamWriter main(src);
+    const std::uint32_t channels = dirtyring::page_channels_flags(2);
+    main.header(64, 1, 0, channels, 7);
+    src.flush();
+    for (Channel* c : pages.src) {
+        StreamWriter(*c).header(64, 1, 0, dirtyring::kStreamPageChannel | channels, 7);
+        c->flush();
+    }
+    StreamWriter(*pages.src[1]).round_end(1, 0);
+    pages.src[1]->flush();
+    Receiving r(dst, true, nullptr, {}, pages.dst);
+    std::string message;
+    EXPECT_EQ(EPROTO, errno_of([&] { r.received.get(); }, &message)) << message;
+    EXPECT_NE(std::string::npos, message.find("page channel 2: a record other than a page"))
+        << message;
+    EXPECT_EQ(nullptr, r.d.guest);
+}
+
 TEST(MigrationPageChannelsBadInput, TooManyOrNoneAreRefused) {
     SKIP_WITHOUT_KVM();
     auto [src, dst] = channel_pair();
@@ -649,6 +698,7 @@ TEST(MigrationFailure, DestinationGoneMidPrecopyLeavesTheSourceRunning) {
     // The destination reads the header and a few records, then dies.
     std::jthread dest([&dst] {
         StreamReader r(dst);
+        r.allow_torn_pages(true);  // the guest runs on
         r.header(1 << 20, 64);
         for (int i = 0; i < 100; ++i) r.next();
         dst.shutdown();
@@ -722,7 +772,7 @@ TEST(MigrationFailure, PreemptChannelBrokenMidPostcopyEndsBothSidesWithoutAHang)
 // A hand-written source: a header and one page, then what the test says.
 void header_and_one_page(StreamWriter& w) {
     w.header(64, 1, 1);
-    const auto data = page_of(5);
+    static const auto data = page_of(5);  // sent from where it lies, at the flush
     w.page(1, data.data());
 }
 
