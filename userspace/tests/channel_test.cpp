@@ -246,4 +246,30 @@ TEST(Channel, ConnectEndsOnItsTimeoutWhenNobodyAnswers) {
     }
 }
 
+// The same for a unix listener whose backlog is full: a non-blocking
+// connect() says EAGAIN, retried until the timeout, which ends it.
+TEST(Channel, ConnectToAFullUnixBacklogEndsOnItsTimeout) {
+    const std::string path = temp_path("backlog");
+    ::unlink(path.c_str());
+    UniqueFd listening(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(listening);
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    std::strcpy(un.sun_path, path.c_str());
+    ASSERT_EQ(0, ::bind(listening.get(), reinterpret_cast<sockaddr*>(&un), sizeof(un)));
+    ASSERT_EQ(0, ::listen(listening.get(), 0));
+    const ChannelAddress a = ChannelAddress::parse("unix:" + path);
+    std::vector<Channel> queued;
+    for (;;) {
+        try {
+            queued.push_back(Channel::connect(a, 200ms));
+        } catch (const Error& e) {
+            EXPECT_EQ(ETIMEDOUT, e.errnum()) << e.what();
+            break;
+        }
+        ASSERT_LT(queued.size(), 64u) << "a backlog of 0 took 64 connections";
+    }
+    ::unlink(path.c_str());
+}
+
 }  // namespace

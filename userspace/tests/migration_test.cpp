@@ -237,13 +237,16 @@ private:
 // A page the guest writes after its record is built and before the socket
 // takes it leaves torn (its bytes do not match its hash).  In precopy that
 // is a page the dirty log sends again, and the destination ends on the
-// last copy; a torn copy that was the last one fails the End digest; from
-// the Postcopy record on, where the source guest is stopped, a torn page
-// is a corrupted stream.
+// last copy: in the precopy, or after the Postcopy record as a stale page.
+// A torn copy that stays the last one fails before the guest starts: the
+// End digest of a precopy, the Postcopy record when it does not name the
+// page stale.  From the Postcopy record on, where the source guest is
+// stopped, a torn page is a corrupted stream.
+enum class Torn { ResentInPrecopy, LastInPrecopy, StaleAtPostcopy, NotStaleAtPostcopy, InPostcopy };
+
 struct TornPage {
     const char* name;
-    bool postcopy;
-    bool sent_again;
+    Torn when;
     int error;  // 0: the migration completes
     const char* says;
 };
@@ -256,6 +259,7 @@ class MigrationTornPage : public testing::TestWithParam<TornPage> {};
 
 TEST_P(MigrationTornPage, EndsOnTheLastCopy) {
     constexpr std::uint64_t kPages = 4;
+    const Torn when = GetParam().when;
     auto [src, dst] = channel_pair();
     KeptGuest* guest = nullptr;
     MigrationDestination destination(
@@ -269,22 +273,29 @@ TEST_P(MigrationTornPage, EndsOnTheLastCopy) {
     std::vector<std::byte> memory(kPages * kStreamPageSize);
     for (std::uint64_t p = 0; p < kPages; ++p)
         std::memset(memory.data() + p * kStreamPageSize, static_cast<int>(p + 1), kStreamPageSize);
-    std::byte* torn = memory.data() + 2 * kStreamPageSize;
+    std::byte* page2 = memory.data() + 2 * kStreamPageSize;
     dirtyring::MemoryDigest sent(kPages);
     StreamWriter w(src);
+    // Page 2 is written while its record waits to be sent.
+    const auto send_torn = [&] {
+        sent.set(2, w.page(2, page2));
+        page2[100] = static_cast<std::byte>(static_cast<std::uint8_t>(page2[100]) + 1);
+        w.flush();
+    };
     w.header(kPages, 1, 0);
     for (std::uint64_t p = 0; p < kPages; ++p)
-        if (!GetParam().postcopy || p != 2)
-            sent.set(p, w.page(p, memory.data() + p * kStreamPageSize));
+        if (p != 2) sent.set(p, w.page(p, memory.data() + p * kStreamPageSize));
+    if (when != Torn::InPostcopy) send_torn();
+    if (when == Torn::ResentInPrecopy) sent.set(2, w.page(2, page2));
     w.vcpu_state(0, std::vector<std::byte>(8));
-    if (GetParam().postcopy) {
+    if (when == Torn::StaleAtPostcopy || when == Torn::NotStaleAtPostcopy ||
+        when == Torn::InPostcopy) {
         const dirtyring::PageRun stale{2, 1};
-        w.postcopy(std::span(&stale, 1));
-        sent.set(2, w.page(2, torn));
+        w.postcopy(when == Torn::NotStaleAtPostcopy ? std::span<const dirtyring::PageRun>{}
+                                                    : std::span(&stale, 1));
+        if (when == Torn::InPostcopy) send_torn();
+        if (when == Torn::StaleAtPostcopy) sent.set(2, w.page(2, page2));
     }
-    torn[100] = std::byte{0x5a};  // written while the record waits to be sent
-    w.flush();
-    if (GetParam().sent_again) sent.set(2, w.page(2, torn));
     w.end(sent.digest());
     w.flush();
 
@@ -294,6 +305,10 @@ TEST_P(MigrationTornPage, EndsOnTheLastCopy) {
     EXPECT_EQ(GetParam().error, err) << message;
     if (GetParam().error) {
         EXPECT_NE(std::string::npos, message.find(GetParam().says)) << message;
+        // (A guest that started is gone by now: only its absence is checked.)
+        if (when == Torn::NotStaleAtPostcopy) {
+            EXPECT_EQ(nullptr, guest) << "the guest was built on a torn page";
+        }
         return;
     }
     EXPECT_EQ(sent.digest(), report.digest);
@@ -304,9 +319,13 @@ TEST_P(MigrationTornPage, EndsOnTheLastCopy) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, MigrationTornPage,
-    testing::Values(TornPage{"precopy_sent_again", false, true, 0, ""},
-                    TornPage{"precopy_torn_last_copy", false, false, EIO, "do not add up"},
-                    TornPage{"postcopy", true, true, EPROTO, "does not match its checksum"}),
+    testing::Values(
+        TornPage{"resent_in_precopy", Torn::ResentInPrecopy, 0, ""},
+        TornPage{"last_copy_in_precopy", Torn::LastInPrecopy, EIO, "do not add up"},
+        TornPage{"stale_at_postcopy", Torn::StaleAtPostcopy, 0, ""},
+        TornPage{"not_stale_at_postcopy", Torn::NotStaleAtPostcopy, EPROTO,
+                 "arrived torn (its bytes do not match its hash) and the source does not send"},
+        TornPage{"in_postcopy", Torn::InPostcopy, EPROTO, "does not match its checksum"}),
     [](const auto& p) { return std::string(p.param.name); });
 
 class Migration : public testing::TestWithParam<unsigned> {};

@@ -190,7 +190,7 @@ Listener::Listener(const ChannelAddress& address) {
     if (sa.family == AF_UNIX) unlink_path_ = address.path_or_host;
     // The stream, the preempt channel and the page channels, connected
     // before the first is accepted.
-    if (::listen(fd_.get(), 64)) throw_errno("listen " + address.to_string());
+    if (::listen(fd_.get(), SOMAXCONN)) throw_errno("listen " + address.to_string());
 }
 
 Listener::~Listener() {
@@ -288,12 +288,20 @@ Channel Channel::connect(const ChannelAddress& address, std::chrono::millisecond
         // Each of a name's addresses in turn: the listener may be on any.
         int err = 0;
         bool not_yet = false;
-        for (const SockAddr& sa : addresses) {
-            if (UniqueFd fd = connect_once(sa, deadline)) return Channel(std::move(fd));
+        for (std::size_t i = 0; i < addresses.size(); ++i) {
+            // A share of what is left each: an address whose packets are
+            // dropped (a dead IPv6 route) must not take all of it.
+            const auto now = std::chrono::steady_clock::now();
+            const auto share = std::max<std::chrono::steady_clock::duration>(deadline - now, {}) /
+                               static_cast<int>(addresses.size() - i);
+            if (UniqueFd fd = connect_once(addresses[i], now + share))
+                return Channel(std::move(fd));
             err = errno;
-            not_yet |= err == ECONNREFUSED || err == ENOENT || err == EINTR;
+            // EAGAIN: a unix listener's backlog is full, for now.
+            not_yet |= err == ECONNREFUSED || err == ENOENT || err == EINTR || err == EAGAIN;
             if (std::chrono::steady_clock::now() >= deadline) break;
         }
+        if (err == EAGAIN) err = ETIMEDOUT;  // a unix listener that never accepted
         if (!not_yet || std::chrono::steady_clock::now() >= deadline)
             throw Error(err, "connect " + address.to_string() +
                                  (err == ETIMEDOUT ? ": no answer within " +
@@ -371,6 +379,7 @@ void Channel::flush_locked() {
 }
 
 void Channel::queue_locked(const std::byte* data, std::size_t bytes) {
+    if (bytes == 0) return;  // sendmsg() of only empty pieces sends 0 bytes: no progress
     auto* at = const_cast<std::byte*>(data);  // sendmsg() only reads it
     if (!pending_.empty() &&
         static_cast<std::byte*>(pending_.back().iov_base) + pending_.back().iov_len == at)

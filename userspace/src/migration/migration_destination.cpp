@@ -79,9 +79,9 @@ void mark_precopy_pages(Postcopy& postcopy, std::byte* memory, const MemoryDiges
         for (std::uint64_t p = run.first; p < run.first + run.count; ++p) is_stale[p] = true;
     enum class Kind { Missing, Data, Zero };
     const auto kind = [&](std::uint64_t p) {
-        const std::uint64_t hash = received.get(p);
-        if (is_stale[p] || hash == 0) return Kind::Missing;  // 0: never received
-        return hash == zero_page_hash() ? Kind::Zero : Kind::Data;
+        // Every page was received: the first round sends them all.
+        if (is_stale[p]) return Kind::Missing;
+        return received.get(p) == zero_page_hash() ? Kind::Zero : Kind::Data;
     };
     for (std::uint64_t p = 0; p < pages;) {
         const Kind k = kind(p);
@@ -200,7 +200,11 @@ DestinationReport MigrationDestination::receive() {
     // A precopy page: into memory as it came (the guest runs here only
     // after the End, or the Postcopy record).  A page's copies come on one
     // connection, so one thread at a time stores each page.
+    // Pages whose last copy arrived torn: one byte each, as page channels
+    // store different pages at once.
+    std::vector<std::uint8_t> torn(pages);
     const auto store_precopy = [&](const Record& r) {
+        torn[r.index] = r.type == RecordType::Page && r.torn;
         if (r.type == RecordType::Page)
             std::memcpy(memory + r.index * kStreamPageSize, r.data, kStreamPageSize);
         else if (received.get(r.index) != zero_page_hash())
@@ -226,6 +230,21 @@ DestinationReport MigrationDestination::receive() {
     const auto shut_page_channels = [&] {
         for (Channel* c : page_channels_) c->shutdown();
     };
+    const auto join_page_readers = [&] {
+        for (PageReader& r : page_readers)
+            if (r.thread.joinable()) r.thread.join();
+    };
+    // On any error: woken and joined before what they use goes.
+    struct StopPageReaders {
+        decltype(shut_page_channels)& shut;
+        decltype(join_page_readers)& join;
+        ~StopPageReaders() {
+            shut();
+            join();
+        }
+    } stop_page_readers{shut_page_channels, join_page_readers};
+    // Started once the guard stands: a thread that fails to start leaves
+    // none blocked unjoined.
     for (std::size_t i = 0; i < page_readers.size(); ++i)
         page_readers[i].thread = std::jthread([&, i] {
             PageReader& me = page_readers[i];
@@ -241,29 +260,18 @@ DestinationReport MigrationDestination::receive() {
                     ++me.pages;
                     if (r.type == RecordType::ZeroPage) ++me.zero_pages;
                 }
-            } catch (const Error& e) {
+            } catch (const std::exception& e) {
+                const auto* error = dynamic_cast<const Error*>(&e);
                 std::lock_guard lock(page_mutex);
                 if (page_failure) return;
                 page_failure = std::make_exception_ptr(
-                    Error(e.errnum(), "page channel " + std::to_string(i + 1) + ": " + e.what()));
+                    Error(error ? error->errnum() : EIO,
+                          "page channel " + std::to_string(i + 1) + ": " + e.what()));
                 page_failed.store(true, std::memory_order_release);
                 shut_page_channels();
                 channel_.shutdown();
             }
         });
-    const auto join_page_readers = [&] {
-        for (PageReader& r : page_readers)
-            if (r.thread.joinable()) r.thread.join();
-    };
-    // On any error: woken and joined before what they use goes.
-    struct StopPageReaders {
-        decltype(shut_page_channels)& shut;
-        decltype(join_page_readers)& join;
-        ~StopPageReaders() {
-            shut();
-            join();
-        }
-    } stop_page_readers{shut_page_channels, join_page_readers};
     // Before the Postcopy record or the End: every precopy copy stored.
     const auto finish_page_channels = [&] {
         join_page_readers();
@@ -475,6 +483,22 @@ DestinationReport MigrationDestination::receive() {
         const Record& r = next();
         switch (r.type) {
             case RecordType::Page:
+            case RecordType::ZeroPage:
+                if (!postcopy && !page_channels_.empty())
+                    throw Error(EPROTO,
+                                "malformed migration stream: a precopy page on the main stream of "
+                                "a migration with page channels");
+                if (r.type == RecordType::ZeroPage) {
+                    if (postcopy) {
+                        postcopy->place_zero_page(memory + r.index * kStreamPageSize);
+                        received.set(r.index, r.hash);
+                    } else {
+                        store_precopy(r);
+                    }
+                    ++report.pages_received;
+                    ++report.zero_pages;
+                    break;
+                }
                 if (postcopy) {
                     postcopy->place_page(memory + r.index * kStreamPageSize,
                                          std::span(r.data, kStreamPageSize));
@@ -483,16 +507,6 @@ DestinationReport MigrationDestination::receive() {
                     store_precopy(r);
                 }
                 ++report.pages_received;
-                break;
-            case RecordType::ZeroPage:
-                if (postcopy) {
-                    postcopy->place_zero_page(memory + r.index * kStreamPageSize);
-                    received.set(r.index, r.hash);
-                } else {
-                    store_precopy(r);
-                }
-                ++report.pages_received;
-                ++report.zero_pages;
                 break;
             case RecordType::RoundEnd:
                 report.rounds = static_cast<unsigned>(r.value);
@@ -507,6 +521,22 @@ DestinationReport MigrationDestination::receive() {
             case RecordType::Postcopy: {
                 if (postcopy) throw Error(EPROTO, "malformed migration stream: Postcopy twice");
                 finish_page_channels();  // no precopy copy lands after the discard
+                // A torn last copy the source does not send again is a
+                // write its dirty log missed or a corrupted stream: found
+                // here, before the guest starts on it.
+                {
+                    std::vector<std::uint8_t> resent(pages);
+                    for (const PageRun& run : r.runs)
+                        std::fill_n(resent.begin() + static_cast<std::ptrdiff_t>(run.first),
+                                    run.count, 1);
+                    for (std::uint64_t p = 0; p < pages; ++p)
+                        if (torn[p] && !resent[p])
+                            throw Error(EPROTO,
+                                        "page " + std::to_string(p) +
+                                            " arrived torn (its bytes do not match its hash) and "
+                                            "the source does not send it again: a write its "
+                                            "dirty tracking missed, or a corrupted stream");
+                }
                 // The guest is stopped at the source: every page from here
                 // on is final, and a torn one is a corrupted stream.
                 reader->allow_torn_pages(false);

@@ -306,11 +306,13 @@ const Record& StreamReader::next() {
             check_index(record_.index);
             // Hashed and handed out where it lies in the read buffer: no copy.
             const auto page = channel_.read_in_place(kStreamPageSize);
+            record_.torn = false;
             if (const std::uint64_t hash = page_hash(page.data()); hash != record_.hash) {
                 if (!torn_allowed_)
                     malformed("page " + std::to_string(record_.index) +
                               " does not match its checksum (corrupted in transit)");
                 record_.hash = hash;  // what arrived is what the digest counts
+                record_.torn = true;
                 ++torn_pages_;
             }
             record_.data = page.data();

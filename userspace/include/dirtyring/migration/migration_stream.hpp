@@ -182,6 +182,7 @@ struct Record {
     RecordType type;
     std::uint64_t index = 0;  // Page, ZeroPage, Request; vCPU for VcpuState
     std::uint64_t hash = 0;   // Page, ZeroPage: of the bytes that arrived
+    bool torn = false;        // Page: they did not match the sender's hash
     // Page: kStreamPageSize bytes, in the Channel's read buffer (not copied):
     // valid until the next read from that Channel.
     const std::byte* data = nullptr;
