@@ -216,6 +216,26 @@ TEST(Channel, ReferencedBodiesArriveInOrderAsTheyAreWhenSent) {
     EXPECT_EQ(kRecords * (4 + 256), tx.bytes_written());
 }
 
+// Channels sharing a limit pace their bytes together: each reservation
+// is due when everything reserved before it, by any of them, and itself
+// may have left at the limit's rate.
+TEST(BandwidthLimit, IsSharedByWhatUsesIt) {
+    using dirtyring::BandwidthLimit;
+    const auto start = BandwidthLimit::Clock::now();
+    BandwidthLimit limit(1 << 20, start);                // 1 MiB/s
+    EXPECT_EQ(start + 500ms, limit.reserve(512 << 10));  // one channel's half MiB
+    EXPECT_EQ(start + 1s, limit.reserve(512 << 10));     // another's, after it
+    EXPECT_EQ(start + 2s, limit.reserve(1 << 20));
+    EXPECT_EQ(EINVAL, [] {
+        try {
+            BandwidthLimit none(0, BandwidthLimit::Clock::now());
+        } catch (const Error& e) {
+            return e.errnum();
+        }
+        return 0;
+    }());
+}
+
 // A listener whose backlog is full answers no SYN: a blocking connect()
 // would wait out the kernel's retries (about two minutes).  The caller's
 // timeout ends it, as a connection error the reconnector retries.

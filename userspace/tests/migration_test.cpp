@@ -896,13 +896,14 @@ TEST(MigrationFailure, ABrokenPreemptReaderEndsTheDestinationWithItsReason) {
     StreamWriter preempt(psrc);
     preempt.header(guest->pages(), 1, guest->kind(), kBoth);
     psrc.flush();
+    // Reading already: the memory may be more than a socket holds.
+    Receiving r(dst, false, &pdst);
     // The whole memory, so that the guest runs normally there.
     for (std::uint64_t page = 0; page < guest->pages(); ++page)
         main.page(page, guest->memory() + page * kStreamPageSize);
     main.vcpu_state(0, state);
     main.postcopy({});
     src.flush();
-    Receiving r(dst, false, &pdst);
     preempt.round_end(1, 0);
     psrc.flush();
     std::string message;

@@ -235,9 +235,7 @@ Channel::Channel(Channel&& other) noexcept
       pending_(std::move(other.pending_)),
       pending_bytes_(std::exchange(other.pending_bytes_, 0)),
       bytes_written_(other.bytes_written_),
-      limit_(other.limit_),
-      limited_bytes_(other.limited_bytes_),
-      limit_start_(other.limit_start_),
+      limit_(std::move(other.limit_)),
       read_buffer_(std::move(other.read_buffer_)),
       read_begin_(other.read_begin_),
       read_end_(other.read_end_),
@@ -312,21 +310,32 @@ Channel Channel::connect(const ChannelAddress& address, std::chrono::millisecond
     }
 }
 
+BandwidthLimit::BandwidthLimit(std::uint64_t bytes_per_second, Clock::time_point start)
+    : bytes_per_second_(bytes_per_second), start_(start) {
+    if (bytes_per_second == 0) throw Error(EINVAL, "a bandwidth limit of 0 bytes per second");
+}
+
+BandwidthLimit::Clock::time_point BandwidthLimit::reserve(std::uint64_t bytes) {
+    std::lock_guard lock(mutex_);
+    reserved_ += bytes;
+    return start_ +
+           std::chrono::nanoseconds(static_cast<std::int64_t>(
+               static_cast<double>(reserved_) * 1e9 / static_cast<double>(bytes_per_second_)));
+}
+
 void Channel::set_bandwidth_limit(std::uint64_t bytes_per_second) {
+    share_bandwidth_limit(bytes_per_second ? std::make_shared<BandwidthLimit>(
+                                                 bytes_per_second, BandwidthLimit::Clock::now())
+                                           : nullptr);
+}
+
+void Channel::share_bandwidth_limit(std::shared_ptr<BandwidthLimit> limit) {
     std::lock_guard lock(write_mutex_);
-    limit_ = bytes_per_second;
-    limited_bytes_ = 0;
-    limit_start_ = std::chrono::steady_clock::now();
+    limit_ = std::move(limit);
 }
 
 void Channel::throttle_locked(std::size_t bytes) {
-    if (!limit_) return;
-    limited_bytes_ += bytes;
-    // When these bytes may leave at the limit's pace, since the limit was set.
-    const auto due = limit_start_ +
-                     std::chrono::nanoseconds(static_cast<std::int64_t>(
-                         static_cast<double>(limited_bytes_) * 1e9 / static_cast<double>(limit_)));
-    std::this_thread::sleep_until(due);
+    if (limit_) std::this_thread::sleep_until(limit_->reserve(bytes));
 }
 
 void Channel::send_locked(std::span<const std::byte> bytes) {

@@ -597,12 +597,14 @@ SourceReport MigrationSource::run() {
             preempt_->flush();
         }
         page_writers_.clear();
+        // Together within the limit, whichever channel the dirty pages
+        // fall on (the main stream's few bytes in precopy aside).
+        const auto shared = options_.bandwidth_limit
+                                ? std::make_shared<BandwidthLimit>(options_.bandwidth_limit,
+                                                                   BandwidthLimit::Clock::now())
+                                : nullptr;
         for (Channel* c : page_channels_) {
-            // Together within the limit (the main stream's few bytes aside).
-            c->set_bandwidth_limit(
-                options_.bandwidth_limit
-                    ? std::max<std::uint64_t>(options_.bandwidth_limit / page_channels_.size(), 1)
-                    : 0);
+            c->share_bandwidth_limit(shared);
             page_writers_.emplace_back(*c);
             page_writers_.back().header(pages, guest_.vcpus(), guest_.kind(),
                                         kStreamPageChannel | channels, session_);

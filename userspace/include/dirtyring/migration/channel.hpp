@@ -41,6 +41,24 @@ struct ChannelAddress {
 
 class Channel;
 
+// Bytes per second written at most, averaged from `start`, by every
+// Channel that uses it: one connection's limit, or one that page channels
+// share (together they stay within it, whichever of them has the pages).
+// Thread-safe.
+class BandwidthLimit {
+public:
+    using Clock = std::chrono::steady_clock;
+    BandwidthLimit(std::uint64_t bytes_per_second, Clock::time_point start);
+    // When `bytes` more may leave, counting every reservation before them.
+    Clock::time_point reserve(std::uint64_t bytes);
+
+private:
+    std::mutex mutex_;
+    const std::uint64_t bytes_per_second_;
+    const Clock::time_point start_;
+    std::uint64_t reserved_ = 0;  // under mutex_
+};
+
 // A listening socket; accept() returns Channels.
 class Listener {
 public:
@@ -85,6 +103,8 @@ public:
     // Bytes per second written at most, averaged over the connection's life
     // from the call on; 0: unlimited.
     void set_bandwidth_limit(std::uint64_t bytes_per_second);
+    // Writes within `limit`, with whatever else uses it; nullptr: none.
+    void share_bandwidth_limit(std::shared_ptr<BandwidthLimit> limit);
 
     // Buffered; blocks while the socket is full.  Throws Error: EPIPE or
     // ECONNRESET when the peer is gone.
@@ -139,9 +159,7 @@ private:
     std::vector<iovec> pending_;
     std::size_t pending_bytes_ = 0;
     std::uint64_t bytes_written_ = 0;
-    std::uint64_t limit_ = 0;
-    std::uint64_t limited_bytes_ = 0;
-    std::chrono::steady_clock::time_point limit_start_{};
+    std::shared_ptr<BandwidthLimit> limit_;
 
     std::mutex read_mutex_;
     std::vector<std::byte> read_buffer_;

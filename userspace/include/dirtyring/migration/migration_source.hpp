@@ -102,7 +102,7 @@ public:
 
     // The precopy's pages go over `channels` (connections to the same
     // destination, made after the preempt channel if any), in parallel,
-    // each with its share of the bandwidth limit: QEMU's multifd.  Each
+    // together within the bandwidth limit: QEMU's multifd.  Each
     // page always takes the same channel, so its copies arrive in order.
     // Before run(); the destination must have as many (at most
     // kMaxPageChannels).  Postcopy's pages stay on the main stream.
