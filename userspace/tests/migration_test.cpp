@@ -328,6 +328,16 @@ INSTANTIATE_TEST_SUITE_P(
         TornPage{"in_postcopy", Torn::InPostcopy, EPROTO, "does not match its checksum"}),
     [](const auto& p) { return std::string(p.param.name); });
 
+// The destination's guest runs, and each vCPU went on from the value the
+// stopped source had last.
+void expect_continues(KvmWorkload& source, SnapshotGuest* destination, unsigned vcpus) {
+    ASSERT_NE(nullptr, destination);
+    EXPECT_TRUE(keeps_running(*destination));
+    destination->stop();
+    for (unsigned i = 0; i < vcpus; ++i)
+        EXPECT_EQ(source.next_value(i), destination->kvm().restored_value(i)) << "vCPU " << i;
+}
+
 class Migration : public testing::TestWithParam<unsigned> {};
 
 TEST_P(Migration, PrecopyMovesTheExactMemoryAndTheGuestContinues) {
@@ -425,11 +435,7 @@ TEST(MigrationPostcopy, WithAPreemptChannelEveryRequestIsAnsweredOnIt) {
     EXPECT_EQ(report.preempt_pages, dest_report.preempt_pages);
     EXPECT_EQ(report.pages_sent, dest_report.pages_received);
     EXPECT_LE(report.postcopy_requests, dest_report.postcopy_requests);
-    ASSERT_NE(nullptr, r.d.guest);
-    EXPECT_TRUE(keeps_running(*r.d.guest));
-    r.d.guest->stop();
-    for (unsigned i = 0; i < 2; ++i)
-        EXPECT_EQ(guest->next_value(i), r.d.guest->kvm().restored_value(i)) << "vCPU " << i;
+    expect_continues(*guest, r.d.guest, 2);
 }
 
 // Page channels (QEMU's multifd): the precopy's pages go over them in
@@ -514,11 +520,7 @@ TEST(MigrationPageChannelsPostcopy, MovesTheExactMemory) {
     EXPECT_EQ("postcopy", report.mode);
     EXPECT_EQ(report.digest, dest_report.digest);
     EXPECT_EQ(report.pages_sent, dest_report.pages_received);
-    ASSERT_NE(nullptr, r.d.guest);
-    EXPECT_TRUE(keeps_running(*r.d.guest));
-    r.d.guest->stop();
-    for (unsigned i = 0; i < 2; ++i)
-        EXPECT_EQ(guest->next_value(i), r.d.guest->kvm().restored_value(i)) << "vCPU " << i;
+    expect_continues(*guest, r.d.guest, 2);
 }
 
 // Sides that disagree on the number of page channels: the destination

@@ -71,12 +71,10 @@ namespace {
 // What the precopy left final (a page received and not stale) is never
 // asked for again: neither by a fault nor in a resumed postcopy's list of
 // what is missing, which would otherwise hold all of memory.
+// `is_stale`: one byte per page, set for the Postcopy record's pages.
 void mark_precopy_pages(Postcopy& postcopy, std::byte* memory, const MemoryDigest& received,
-                        const std::vector<PageRun>& stale) {
+                        const std::vector<std::uint8_t>& is_stale) {
     const std::uint64_t pages = received.pages();
-    std::vector<bool> is_stale(pages);
-    for (const PageRun& run : stale)
-        for (std::uint64_t p = run.first; p < run.first + run.count; ++p) is_stale[p] = true;
     enum class Kind { Missing, Data, Zero };
     const auto kind = [&](std::uint64_t p) {
         // Every page was received: the first round sends them all.
@@ -524,19 +522,17 @@ DestinationReport MigrationDestination::receive() {
                 // A torn last copy the source does not send again is a
                 // write its dirty log missed or a corrupted stream: found
                 // here, before the guest starts on it.
-                {
-                    std::vector<std::uint8_t> resent(pages);
-                    for (const PageRun& run : r.runs)
-                        std::fill_n(resent.begin() + static_cast<std::ptrdiff_t>(run.first),
-                                    run.count, 1);
-                    for (std::uint64_t p = 0; p < pages; ++p)
-                        if (torn[p] && !resent[p])
-                            throw Error(EPROTO,
-                                        "page " + std::to_string(p) +
-                                            " arrived torn (its bytes do not match its hash) and "
-                                            "the source does not send it again: a write its "
-                                            "dirty tracking missed, or a corrupted stream");
-                }
+                std::vector<std::uint8_t> stale(pages);  // sent again from here on
+                for (const PageRun& run : r.runs)
+                    std::fill_n(stale.begin() + static_cast<std::ptrdiff_t>(run.first), run.count,
+                                1);
+                for (std::uint64_t p = 0; p < pages; ++p)
+                    if (torn[p] && !stale[p])
+                        throw Error(EPROTO,
+                                    "page " + std::to_string(p) +
+                                        " arrived torn (its bytes do not match its hash) and "
+                                        "the source does not send it again: a write its "
+                                        "dirty tracking missed, or a corrupted stream");
                 // The guest is stopped at the source: every page from here
                 // on is final, and a torn one is a corrupted stream.
                 reader->allow_torn_pages(false);
@@ -548,7 +544,7 @@ DestinationReport MigrationDestination::receive() {
                         throw_errno("madvise(MADV_DONTNEED) of stale pages");
                 postcopy.emplace(*requests_, Postcopy::Options{.vcpus = header.vcpus});
                 postcopy->add_range(memory, pages * kStreamPageSize);
-                mark_precopy_pages(*postcopy, memory, received, r.runs);
+                mark_precopy_pages(*postcopy, memory, received, stale);
                 postcopy->start();
                 if (preempt_) preempt_reader = std::jthread(read_preempt);
                 report.mode = "postcopy";

@@ -313,7 +313,6 @@ const Record& StreamReader::next() {
                               " does not match its checksum (corrupted in transit)");
                 record_.hash = hash;  // what arrived is what the digest counts
                 record_.torn = true;
-                ++torn_pages_;
             }
             record_.data = page.data();
             break;

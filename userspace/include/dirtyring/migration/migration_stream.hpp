@@ -216,13 +216,11 @@ public:
     // decides; not allowed (the default, and from postcopy on, where every
     // page is final), such a page is a corrupted stream.
     void allow_torn_pages(bool allowed) noexcept { torn_allowed_ = allowed; }
-    std::uint64_t torn_pages() const noexcept { return torn_pages_; }
 
 private:
     Channel& channel_;
     std::uint64_t pages_;
     bool torn_allowed_ = false;
-    std::uint64_t torn_pages_ = 0;
     Record record_;
 };
 
